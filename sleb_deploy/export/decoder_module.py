@@ -1,0 +1,411 @@
+"""An explicit, export-friendly re-implementation of a Hugging Face decoder forward.
+
+Why not export the HF model itself: its forward goes through transformers' ``Cache`` objects and mask
+builders, which change between releases and trace into graphs with extra copies (e.g. a transposed,
+head-expanded K cache per layer per step). This module reuses the HF model's own sub-modules (the
+``nn.Linear``/``nn.Embedding`` weights are shared, not copied) and re-writes only the glue: rotary
+embedding, masks, attention with an explicit ``present = concat(past, new)`` and the residual wiring.
+``validate.validate_against_torch`` checks it numerically against the HF model for every family.
+
+Two graph styles (``variant``):
+
+* ``"opset23"``: attention as the ONNX ``Attention`` op (it takes ``past_key``/``past_value`` and returns
+  the presents; GQA without expanding K/V), rotary as ``RotaryEmbedding``, RMSNorm as ``RMSNormalization``.
+* ``"opset18"``: plain MatMul/Softmax attention. Query heads are grouped per KV head
+  (``[B, Hkv, G*S, D] @ [B, Hkv, D, T]``) so the K/V cache is never repeated per query head.
+
+Padding semantics: a key is visible when it is not padding, not in the future, and (sliding layers)
+inside the window. A query always sees itself, so the rows of left-padding queries are never fully
+masked (a fully masked row would give NaN that then leaks into the cache through ``0 * NaN``). Values at
+padding positions are therefore unspecified, as in HF.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "opt", "phi3", "gemma3_text")
+VARIANTS = ("opset23", "opset18")
+_STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+class UnsupportedModelError(ValueError):
+    """Raised with a one-line message when a model cannot be exported by this module."""
+
+
+def _rope_type(params: dict[str, Any] | None) -> str:
+    if not params:
+        return "default"
+    return str(params.get("rope_type", params.get("type", "default")))
+
+
+class _Rope(nn.Module):
+    """cos/sin from position ids with a precomputed ``inv_freq`` (static rope types only)."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, inv_freq: torch.Tensor, scaling: float) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq.detach().float().clone(), persistent=False)
+        self.scaling = float(scaling)
+        self.rot_dim = 2 * int(inv_freq.shape[0])
+
+    def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape [B, S, rot_dim/2] in ``dtype`` (fp32 math, like HF)."""
+        freqs = position_ids[..., None].float() * self.inv_freq
+        cos = freqs.cos() * self.scaling
+        sin = freqs.sin() * self.scaling
+        return cos.to(dtype), sin.to(dtype)
+
+
+def _apply_rope(x: torch.Tensor, cos_h: torch.Tensor, sin_h: torch.Tensor, rot_dim: int) -> torch.Tensor:
+    """HF ``rotate_half`` rotary on x [B, S, H, D]; cos_h/sin_h [B, S, rot/2]; partial rotary aware."""
+    cos = torch.cat((cos_h, cos_h), dim=-1)[:, :, None, :]
+    sin = torch.cat((sin_h, sin_h), dim=-1)[:, :, None, :]
+    x_rot = x[..., :rot_dim]
+    half = rot_dim // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = x_rot * cos + rotated * sin
+    if rot_dim == x.shape[-1]:
+        return out
+    return torch.cat((out, x[..., rot_dim:]), dim=-1)
+
+
+class _Norm(nn.Module):
+    """RMSNorm in fp32 (HF llama/gemma semantics) or LayerNorm (OPT)."""
+
+    src: Any
+
+    def __init__(self, src: Any, kind: str, use_op: bool) -> None:
+        super().__init__()
+        self.src = src
+        self.kind = kind  # "rms", "rms_gemma", "layer"
+        self.use_op = use_op
+        eps = getattr(src, "variance_epsilon", None)
+        if eps is None:
+            eps = getattr(src, "eps", 1e-6)
+        self.eps = float(eps)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layer":
+            return self.src(x)
+        w = self.src.weight
+        dim = int(w.shape[0])
+        if self.kind == "rms_gemma":
+            w32 = 1.0 + w.float()
+            if self.use_op:
+                return nn.functional.rms_norm(x.float(), (dim,), w32, self.eps).to(x.dtype)
+            x32 = x.float()
+            y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            out: torch.Tensor = (y * w32).to(x.dtype)
+            return out
+        if self.use_op:
+            y = nn.functional.rms_norm(x.float(), (dim,), None, self.eps)
+        else:
+            x32 = x.float()
+            y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        res: torch.Tensor = w * y.to(x.dtype)
+        return res
+
+
+class _Layer(nn.Module):
+    """One decoder block; ``forward`` returns (hidden, present_key, present_value)."""
+
+    attn: Any
+    mlp: Any
+    hf_layer: Any
+    act: Any
+    cfg: Any
+
+    def __init__(self, owner: ExportDecoder, hf_layer: Any, layer_idx: int) -> None:
+        super().__init__()
+        cfg = owner.cfg
+        self.family = owner.family
+        self.use_op = owner.variant == "opset23"
+        self.n_heads = owner.n_heads
+        self.n_kv = owner.n_kv
+        self.head_dim = owner.head_dim
+        attn = hf_layer.self_attn
+        self.attn = attn
+        self.mlp = getattr(hf_layer, "mlp", None)
+        self.hf_layer = hf_layer
+        layer_types = getattr(cfg, "layer_types", None)
+        self.layer_type = layer_types[layer_idx] if layer_types else "full_attention"
+        self.sliding = self.layer_type == "sliding_attention" and getattr(cfg, "sliding_window", None)
+        self.window = int(cfg.sliding_window) if self.sliding else 0
+        self.scale = owner.scale
+        self.softcap = float(getattr(cfg, "attn_logit_softcapping", None) or 0.0)
+        self.act = owner.act
+        norm_kind = {"gemma3_text": "rms_gemma", "opt": "layer"}.get(self.family, "rms")
+        use_norm_op = self.use_op
+
+        def norm(name: str) -> _Norm | None:
+            mod = getattr(hf_layer, name, None)
+            return None if mod is None else _Norm(mod, norm_kind, use_norm_op)
+
+        if self.family == "opt":
+            self.norm_attn = norm("self_attn_layer_norm")
+            self.norm_mlp = norm("final_layer_norm")
+            self.pre_ln = bool(cfg.do_layer_norm_before)
+        else:
+            self.norm_attn = norm("input_layernorm")
+            if self.family == "gemma3_text":
+                self.post_attn = norm("post_attention_layernorm")
+                self.norm_mlp = norm("pre_feedforward_layernorm")
+                self.post_mlp = norm("post_feedforward_layernorm")
+            else:
+                self.norm_mlp = norm("post_attention_layernorm")
+        qn = getattr(attn, "q_norm", None)
+        kn = getattr(attn, "k_norm", None)
+        self.q_norm = None if qn is None else _Norm(qn, norm_kind, use_norm_op)
+        self.k_norm = None if kn is None else _Norm(kn, norm_kind, use_norm_op)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.family == "phi3":
+            qkv = self.attn.qkv_proj(x)
+            nq = self.n_heads * self.head_dim
+            nk = self.n_kv * self.head_dim
+            return qkv[..., :nq], qkv[..., nq : nq + nk], qkv[..., nq + nk :]
+        return self.attn.q_proj(x), self.attn.k_proj(x), self.attn.v_proj(x)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.family == "opt":
+            return self.attn_owner_fc2(self.act(self.attn_owner_fc1(x)))
+        assert self.mlp is not None
+        if self.family == "phi3":
+            gate, up = self.mlp.gate_up_proj(x).chunk(2, dim=-1)
+            return self.mlp.down_proj(self.act(gate) * up)
+        return self.mlp.down_proj(self.act(self.mlp.gate_proj(x)) * self.mlp.up_proj(x))
+
+    def attn_owner_fc1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hf_layer.fc1(x)
+
+    def attn_owner_fc2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hf_layer.fc2(x)
+
+    def _attention(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+        allowed: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, s = x.shape[0], x.shape[1]
+        h, hk, d = self.n_heads, self.n_kv, self.head_dim
+        q, k, v = self._qkv(x)
+        if self.family == "opt":
+            # HF OPT scales q before the dot product (then attention scale 1.0); same here.
+            q = q * self.scale
+        if self.q_norm is not None and self.k_norm is not None:
+            q = self.q_norm(q.reshape(b, s, h, d)).reshape(b, s, h * d)
+            k = self.k_norm(k.reshape(b, s, hk, d)).reshape(b, s, hk * d)
+        scale = 1.0 if self.family == "opt" else self.scale
+        if self.use_op and self.softcap == 0.0:
+            if rope is not None:
+                cos_h, sin_h, rot_dim = rope
+                q = torch.onnx.ops.rotary_embedding(q, cos_h, sin_h, num_heads=h, rotary_embedding_dim=rot_dim)
+                k = torch.onnx.ops.rotary_embedding(k, cos_h, sin_h, num_heads=hk, rotary_embedding_dim=rot_dim)
+            # KV concat stays outside the op: TensorRT's importer accepts only single-output Attention
+            # nodes, so the op's own past/present I/O cannot be used.
+            present_k = torch.cat((past_k, k.reshape(b, s, hk, d).transpose(1, 2)), dim=2)
+            present_v = torch.cat((past_v, v.reshape(b, s, hk, d).transpose(1, 2)), dim=2)
+            q4 = q.reshape(b, s, h, d).transpose(1, 2)
+            y = torch.onnx.ops.attention(
+                q4, present_k, present_v, allowed, q_num_heads=h, kv_num_heads=hk, scale=scale
+            )[0]
+            return y.transpose(1, 2).reshape(b, s, h * d), present_k, present_v
+        q4 = q.reshape(b, s, h, d)
+        k4 = k.reshape(b, s, hk, d)
+        if rope is not None:
+            cos_h, sin_h, rot_dim = rope
+            q4 = _apply_rope(q4, cos_h, sin_h, rot_dim)
+            k4 = _apply_rope(k4, cos_h, sin_h, rot_dim)
+        present_k = torch.cat((past_k, k4.transpose(1, 2)), dim=2)
+        present_v = torch.cat((past_v, v.reshape(b, s, hk, d).transpose(1, 2)), dim=2)
+        g = h // hk
+        # [B, S, Hkv, G, D] -> [B, Hkv, G*S, D]: query heads grouped under their KV head, no K/V repeat.
+        qg = q4.reshape(b, s, hk, g, d).permute(0, 2, 3, 1, 4).reshape(b, hk, g * s, d)
+        scores = torch.matmul(qg, present_k.transpose(2, 3)) * scale
+        t = present_k.shape[2]
+        scores = scores.reshape(b, hk, g, s, t)
+        if self.softcap:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        scores = scores.masked_fill(~allowed[:, :, None, :, :], torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores.float(), dim=-1).to(q4.dtype).reshape(b, hk, g * s, t)
+        out = torch.matmul(probs, present_v).reshape(b, hk, g, s, d).permute(0, 3, 1, 2, 4)
+        return out.reshape(b, s, h * d), present_k, present_v
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+        allowed: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        o_proj = self.attn.out_proj if self.family == "opt" else self.attn.o_proj
+        if self.family == "opt":
+            residual = hidden
+            x = self.norm_attn(hidden) if self.pre_ln and self.norm_attn is not None else hidden
+            a, pk, pv = self._attention(x, rope, allowed, past_k, past_v)
+            hidden = residual + o_proj(a)
+            if not self.pre_ln and self.norm_attn is not None:
+                hidden = self.norm_attn(hidden)
+            residual = hidden
+            x = self.norm_mlp(hidden) if self.pre_ln and self.norm_mlp is not None else hidden
+            hidden = residual + self._mlp(x)
+            if not self.pre_ln and self.norm_mlp is not None:
+                hidden = self.norm_mlp(hidden)
+            return hidden, pk, pv
+        assert self.norm_attn is not None and self.norm_mlp is not None
+        a, pk, pv = self._attention(self.norm_attn(hidden), rope, allowed, past_k, past_v)
+        a = o_proj(a)
+        if self.family == "gemma3_text":
+            hidden = hidden + self.post_attn(a)  # type: ignore[misc]
+            hidden = hidden + self.post_mlp(self._mlp(self.norm_mlp(hidden)))  # type: ignore[misc]
+            return hidden, pk, pv
+        hidden = hidden + a
+        return hidden + self._mlp(self.norm_mlp(hidden)), pk, pv
+
+
+class ExportDecoder(nn.Module):
+    """Flat-signature decoder: (input_ids, attention_mask, position_ids, *past) -> (logits, *presents)."""
+
+    cfg: Any
+    act: Any
+    lm_head: Any
+    embed: Any
+    pos_embed: Any
+    project_in: Any
+    project_out: Any
+
+    def __init__(self, model: Any, *, variant: str = "opset23", last_logits_only: bool = False) -> None:
+        super().__init__()
+        cfg = model.config
+        family = str(getattr(cfg, "model_type", ""))
+        if family not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModelError(
+                f"model_type {family!r} is not supported by the ONNX exporter "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown graph variant {variant!r} (choose from {', '.join(VARIANTS)})")
+        self.cfg = cfg
+        self.family = family
+        self.variant = variant
+        self.last_logits_only = last_logits_only
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads)
+        if family == "gemma3_text":
+            self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
+        else:
+            self.scale = self.head_dim**-0.5
+        from transformers.activations import ACT2FN
+
+        act_name = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", None)
+        act_name = act_name or getattr(cfg, "activation_function", "relu")
+        self.act = ACT2FN[act_name]
+        self.lm_head = model.lm_head
+        self.final_softcap = float(getattr(cfg, "final_logit_softcapping", None) or 0.0)
+        base = model.model
+        self.ropes = nn.ModuleDict()
+        if family == "opt":
+            dec = base.decoder
+            self.embed = dec.embed_tokens
+            self.pos_embed = dec.embed_positions
+            self.project_in = dec.project_in
+            self.project_out = dec.project_out
+            self.final_norm = None if dec.final_layer_norm is None else _Norm(dec.final_layer_norm, "layer", False)
+            hf_layers = list(dec.layers)
+        else:
+            self.embed = base.embed_tokens
+            kind = "rms_gemma" if family == "gemma3_text" else "rms"
+            self.final_norm = _Norm(base.norm, kind, variant == "opset23")
+            hf_layers = list(base.layers)
+            self._init_ropes(base.rotary_emb)
+        self.layers = nn.ModuleList(_Layer(self, lyr, i) for i, lyr in enumerate(hf_layers))
+        self.num_layers = len(hf_layers)
+
+    def _init_ropes(self, rotary: Any) -> None:
+        params = self.cfg.rope_parameters
+        layer_types = getattr(self.cfg, "layer_types", None)
+        if self.family == "gemma3_text" and layer_types:
+            for lt in sorted(set(layer_types)):
+                rtype = _rope_type(params.get(lt))
+                if rtype not in _STATIC_ROPE_TYPES:
+                    raise UnsupportedModelError(f"rope_type {rtype!r} ({lt}) is not supported for ONNX export")
+                inv = getattr(rotary, f"{lt}_inv_freq")
+                self.ropes[lt] = _Rope(inv, float(getattr(rotary, f"{lt}_attention_scaling")))
+            return
+        rtype = _rope_type(params)
+        if rtype not in _STATIC_ROPE_TYPES:
+            raise UnsupportedModelError(
+                f"rope_type {rtype!r} is not supported for ONNX export (position-dependent scaling); "
+                f"supported: {', '.join(_STATIC_ROPE_TYPES)}"
+            )
+        self.ropes["full_attention"] = _Rope(rotary.inv_freq, float(rotary.attention_scaling))
+
+    def _allowed(self, attention_mask: torch.Tensor, s: int, window: int) -> torch.Tensor:
+        """Bool [B, 1, S, T]: causal (+window) and padding mask; the diagonal is always visible."""
+        t = attention_mask.shape[1]
+        q_idx = torch.arange(s, device=attention_mask.device) + (t - s)
+        k_idx = torch.arange(t, device=attention_mask.device)
+        diff = q_idx[:, None] - k_idx[None, :]
+        causal = diff >= 0
+        if window:
+            causal = causal & (diff < window)
+        keep = attention_mask.bool()[:, None, None, :] & causal[None, None, :, :]
+        return keep | (diff == 0)[None, None, :, :]
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        s = input_ids.shape[1]
+        hidden = self.embed(input_ids)  # Gemma3's embedding module applies its sqrt(hidden) scale itself
+        dtype = hidden.dtype
+        if self.family == "opt":
+            t = attention_mask.shape[1]
+            pos = (torch.cumsum(attention_mask, dim=1) * attention_mask - 1)[:, t - s :]
+            if self.project_in is not None:
+                hidden = self.project_in(hidden)
+            hidden = hidden + self.pos_embed.weight[pos + 2].to(dtype)
+        masks: dict[int, torch.Tensor] = {}
+        ropes: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        for name, rope_m in self.ropes.items():
+            rope = cast(_Rope, rope_m)
+            cos_h, sin_h = rope.cos_sin(position_ids, dtype)
+            ropes[name] = (cos_h, sin_h, rope.rot_dim)
+        presents: list[torch.Tensor] = []
+        for i, layer_m in enumerate(self.layers):
+            layer = cast(_Layer, layer_m)
+            if layer.window not in masks:
+                masks[layer.window] = self._allowed(attention_mask, s, layer.window)
+            rope_i = None
+            if ropes:
+                rope_i = ropes.get(layer.layer_type, ropes.get("full_attention"))
+            hidden, pk, pv = layer(hidden, rope_i, masks[layer.window], past[2 * i], past[2 * i + 1])
+            presents += [pk, pv]
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+        if self.family == "opt" and self.project_out is not None:
+            hidden = self.project_out(hidden)
+        if self.last_logits_only:
+            hidden = hidden[:, -1:, :]
+        logits = self.lm_head(hidden)
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return (logits, *presents)
+
+
+def empty_past(model: ExportDecoder, batch: int, dtype: torch.dtype, past_len: int = 0) -> list[torch.Tensor]:
+    """Zero past tensors [B, Hkv, P, D] for every layer (key, value interleaved)."""
+    shape = (batch, model.n_kv, past_len, model.head_dim)
+    return [torch.zeros(shape, dtype=dtype) for _ in range(2 * model.num_layers)]
+
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "VARIANTS", "ExportDecoder", "UnsupportedModelError", "empty_past"]

@@ -1,0 +1,248 @@
+"""Export an in-memory HF decoder to one ONNX graph with Optimum-style KV-cache I/O.
+
+Exporter choice: ``torch.onnx.export(dynamo=True)``. It is the only exporter that emits the opset-23
+``Attention``/``RotaryEmbedding``/``RMSNormalization`` ops (via ``torch.onnx.ops``), which measured faster
+in ONNX Runtime and build in TensorRT; the TorchScript exporter is deprecated and stops at opset 20.
+We export ``decoder_module.ExportDecoder`` (explicit KV concat, explicit masks) rather than the HF
+forward, so no transformers ``Cache`` object or mask builder is traced.
+
+The graph takes ``input_ids``, ``attention_mask``, ``position_ids`` and ``past_key_values.{i}.key|value``
+and returns ``logits`` and ``present.{i}.key|value``; symbolic dims carry Optimum's names. After export we
+check it is portable: no ``If``/``Loop`` nodes, default ONNX domain only (TensorRT parses it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sleb_deploy.export.decoder_module import ExportDecoder, UnsupportedModelError, empty_past
+
+DEFAULT_VARIANT = "opset23"
+OPSETS = {"opset23": 23, "opset18": 18}
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_TWO_GB = 2 * 1024**3
+B, S, P, T = "batch_size", "sequence_length", "past_sequence_length", "past_sequence_length + sequence_length"
+
+__all__ = [
+    "DEFAULT_VARIANT",
+    "GraphSpec",
+    "UnsupportedModelError",
+    "check_portable",
+    "export_decoder_onnx",
+    "io_signature",
+]
+
+
+@dataclass
+class GraphSpec:
+    """What downstream stages need to drive the graph (written into export.json by the caller)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    dtype: str
+    opset: int
+    variant: str
+    last_logits_only: bool
+    model_type: str
+    external_data: bool
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _names(num_layers: int) -> tuple[list[str], list[str]]:
+    ins = ["input_ids", "attention_mask", "position_ids"]
+    outs = ["logits"]
+    for i in range(num_layers):
+        ins += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        outs += [f"present.{i}.key", f"present.{i}.value"]
+    return ins, outs
+
+
+def _axes(ins: list[str], outs: list[str], last_logits_only: bool) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: B, 1: S},
+        "attention_mask": {0: B, 1: T},
+        "position_ids": {0: B, 1: S},
+        "logits": {0: B} if last_logits_only else {0: B, 1: S},
+    }
+    for n in ins[3:]:
+        axes[n] = {0: B, 2: P}
+    for n in outs[1:]:
+        axes[n] = {0: B, 2: T}
+    return axes
+
+
+def _rename_dims(proto: Any, axes: dict[str, dict[int, str]]) -> None:
+    """Give graph inputs/outputs Optimum's symbolic dim names (dynamo invents s0, s1 + s0, ...)."""
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        for idx, name in axes.get(vi.name, {}).items():
+            dim = vi.type.tensor_type.shape.dim[idx]
+            dim.ClearField("dim_value")
+            dim.dim_param = name
+    if "logits" in axes and 1 not in axes["logits"]:
+        for vi in proto.graph.output:
+            if vi.name == "logits":
+                vi.type.tensor_type.shape.dim[1].dim_value = 1
+
+
+def _trim_unused_outputs(proto: Any) -> None:
+    """Drop unused trailing outputs of ``Attention`` nodes (TensorRT accepts only single-output ones)."""
+    used = {name for node in proto.graph.node for name in node.input}
+    used |= {o.name for o in proto.graph.output}
+    for node in proto.graph.node:
+        if node.op_type != "Attention":
+            continue
+        outs = list(node.output)
+        while len(outs) > 1 and (not outs[-1] or outs[-1] not in used):
+            outs.pop()
+        del node.output[:]
+        node.output.extend(outs)
+
+
+def check_portable(proto: Any) -> list[str]:
+    """Problems that would stop TensorRT: control flow or non-default-domain ops (empty list = fine)."""
+    problems = []
+    for node in proto.graph.node:
+        if node.op_type in ("If", "Loop", "Scan"):
+            problems.append(f"control-flow node {node.op_type} ({node.name})")
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"non-default domain op {node.domain}::{node.op_type}")
+    for fn in proto.functions:
+        problems.append(f"local function {fn.domain}::{fn.name}")
+    return problems
+
+
+def export_decoder_onnx(
+    model: Any,
+    out_dir: Path,
+    *,
+    dtype: str = "fp32",
+    variant: str = DEFAULT_VARIANT,
+    last_logits_only: bool = False,
+    external_data: bool | None = None,
+) -> GraphSpec:
+    """Write ``out_dir/model.onnx`` (+ ``model.onnx_data`` if large or asked) and return its spec.
+
+    ``model`` is cast to ``dtype`` for the export (a half-precision graph exported from a half-precision
+    torch model; casting an fp32 ONNX afterwards breaks the rotary path) and cast back afterwards.
+    """
+    import onnx
+
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(TORCH_DTYPES)})")
+    if variant not in OPSETS:
+        raise ValueError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tdtype = TORCH_DTYPES[dtype]
+    orig_dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval().to(tdtype)
+    try:
+        wrapper = ExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
+        cfg = model.config
+        ins, outs = _names(wrapper.num_layers)
+        batch, seq, past_len = 2, 3, 5
+        example: list[torch.Tensor] = [
+            torch.ones(batch, seq, dtype=torch.long),
+            torch.ones(batch, past_len + seq, dtype=torch.long),
+            torch.arange(past_len, past_len + seq).repeat(batch, 1),
+            *empty_past(wrapper, batch, tdtype, past_len),
+        ]
+        axes = _axes(ins, outs, last_logits_only)
+        dyn_in = {n: {k: v for k, v in axes[n].items()} for n in ins}
+        dynamic_shapes = (
+            dyn_in["input_ids"],
+            dyn_in["attention_mask"],
+            dyn_in["position_ids"],
+            tuple(dyn_in[n] for n in ins[3:]),
+        )
+        with torch.no_grad():
+            program = torch.onnx.export(
+                wrapper,
+                tuple(example),
+                dynamo=True,
+                opset_version=OPSETS[variant],
+                input_names=ins,
+                output_names=outs,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
+            )
+        assert program is not None
+        proto = program.model_proto
+        _rename_dims(proto, axes)
+        _trim_unused_outputs(proto)
+        problems = check_portable(proto)
+        if problems:
+            raise RuntimeError(f"exported graph is not portable: {problems[0]} (+{len(problems) - 1} more)")
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        use_ext = external_data if external_data is not None else size > _TWO_GB - 64 * 1024**2
+        onnx_path = out_dir / "model.onnx"
+        data_path = out_dir / "model.onnx_data"
+        if data_path.exists():
+            data_path.unlink()
+        if use_ext:
+            onnx.save_model(
+                proto,
+                str(onnx_path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_path.name,
+                size_threshold=1024,
+            )
+        else:
+            onnx.save_model(proto, str(onnx_path))
+        return GraphSpec(
+            num_layers=wrapper.num_layers,
+            num_kv_heads=wrapper.n_kv,
+            head_dim=wrapper.head_dim,
+            vocab_size=int(cfg.vocab_size),
+            dtype=dtype,
+            opset=OPSETS[variant],
+            variant=variant,
+            last_logits_only=last_logits_only,
+            model_type=str(cfg.model_type),
+            external_data=bool(use_ext),
+            input_names=ins,
+            output_names=outs,
+        )
+    finally:
+        model.to(orig_dtype)
+        model.train(was_training)
+
+
+_ELEM = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def io_signature(onnx_path: Path) -> dict[str, Any]:
+    """Names, element types and dims (symbolic names or ints) of the graph I/O, for golden files."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+
+    def rows(vis: Any) -> list[dict[str, Any]]:
+        out = []
+        for vi in vis:
+            tt = vi.type.tensor_type
+            dims: list[str | int] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
+            out.append({"name": vi.name, "elem_type": _ELEM.get(tt.elem_type, str(tt.elem_type)), "dims": dims})
+        return out
+
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {"opset": int(opset), "inputs": rows(proto.graph.input), "outputs": rows(proto.graph.output)}
+
+
+def write_signature(onnx_path: Path, json_path: Path) -> None:
+    """Regenerate a golden I/O file."""
+    json_path.write_text(json.dumps(io_signature(onnx_path), indent=1) + "\n")

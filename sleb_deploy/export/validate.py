@@ -1,0 +1,142 @@
+"""Numerical check of an exported decoder graph against the Hugging Face model it came from.
+
+Why a chained check: a graph can match on a single prefill and still be wrong for decode (wrong past
+length arithmetic, rope offsets, mask alignment). We run prefill with left padding at batch > 1, then
+feed the graph's own ``present.*`` back as ``past_key_values.*`` for a few decode steps, and compare
+every step with the HF model driven by its own cache. Only non-padding positions are compared: values
+at padding positions are unspecified (HF and the graph mask them differently, neither uses them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def make_inputs(
+    batch: int, prompt_len: int, vocab: int, *, left_pad: bool, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts; row r gets ``r`` left-padding tokens (capped) when ``left_pad``."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, prompt_len), generator=gen)
+    mask = torch.ones(batch, prompt_len, dtype=torch.long)
+    if left_pad:
+        for r in range(batch):
+            pad = min(r * 2, prompt_len - 1)
+            mask[r, :pad] = 0
+            ids[r, :pad] = 0
+    return ids, mask
+
+
+def position_ids_from_mask(mask: np.ndarray, seq_len: int) -> np.ndarray:
+    """HF generate's rule: cumsum(mask) - 1, clipped at 0, for the last ``seq_len`` columns."""
+    pos = np.cumsum(mask, axis=1) - 1
+    pos = np.clip(pos, 0, None)
+    out: np.ndarray = pos[:, -seq_len:].astype(np.int64)
+    return out
+
+
+def _cache_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = cache.layers[i]
+    return layer.keys, layer.values
+
+
+def _to_np(t: torch.Tensor) -> np.ndarray:
+    out: np.ndarray = t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy()
+    return out
+
+
+def _kv_diff(ref: torch.Tensor, got: np.ndarray, mask: np.ndarray) -> float:
+    """Max |diff| over non-padding positions; a sliding-window HF cache may keep only the tail."""
+    ref_np = _to_np(ref).astype(np.float64)
+    n = ref_np.shape[2]
+    got_t = got[:, :, -n:, :].astype(np.float64)
+    valid = mask[:, -n:].astype(bool)[:, None, :, None]
+    return float(np.max(np.abs(np.where(valid, ref_np - got_t, 0.0)))) if n else 0.0
+
+
+def validate_against_torch(
+    model: Any,
+    onnx_path: Path,
+    *,
+    batch: int = 2,
+    prompt_len: int = 7,
+    decode_steps: int = 2,
+    left_pad: bool = True,
+) -> dict[str, Any]:
+    """Run ORT (CPU) and the HF model side by side; return per-step and overall max abs diffs.
+
+    Returns ``{"steps": [{"logits": d, "kv": d, "present_len": n}, ...], "max_logits": d, "max_kv": d,
+    "present_shapes_ok": bool}``. Tolerances are the caller's decision (they depend on dtype).
+    """
+    import onnxruntime as ort
+
+    cfg = model.config
+    is_opt = cfg.model_type == "opt"
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    in_names = [i.name for i in sess.get_inputs()]
+    out_names = [o.name for o in sess.get_outputs()]
+    past_names = in_names[3:]
+    first_past = sess.get_inputs()[3]
+    np_dtype = _NP_DTYPES.get({"tensor(float)": "float32", "tensor(float16)": "float16"}.get(first_past.type, ""))
+    if np_dtype is None:
+        raise ValueError(f"validation supports fp32/fp16 graphs with numpy I/O, not {first_past.type}")
+    n_kv, head_dim = int(first_past.shape[1]), int(first_past.shape[3])
+
+    ids, mask = make_inputs(batch, prompt_len, int(cfg.vocab_size), left_pad=left_pad)
+    past = {n: np.zeros((batch, n_kv, 0, head_dim), dtype=np_dtype) for n in past_names}
+    cache: Any = None
+    cur_ids = ids
+    steps: list[dict[str, Any]] = []
+    shapes_ok = True
+    gen = torch.Generator().manual_seed(1)
+    for step in range(decode_steps + 1):
+        m_np = mask.numpy()
+        s = cur_ids.shape[1]
+        pos = position_ids_from_mask(m_np, s)
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": cur_ids.numpy().astype(np.int64),
+            "attention_mask": m_np.astype(np.int64),
+            "position_ids": pos,
+            **past,
+        }
+        outs = dict(zip(out_names, sess.run(None, feeds), strict=True))
+        with torch.no_grad():
+            ref = model(
+                input_ids=cur_ids,
+                attention_mask=mask,
+                position_ids=None if is_opt else torch.from_numpy(pos),
+                cache=cache,
+                use_cache=True,
+            )
+        cache = ref.cache
+        ref_logits = _to_np(ref.logits)
+        got_logits = outs["logits"]
+        if got_logits.shape[1] == 1 and ref_logits.shape[1] != 1:
+            ref_logits, q_valid = ref_logits[:, -1:], m_np[:, -1:]
+        else:
+            q_valid = m_np[:, -s:]
+        valid = q_valid.astype(bool)[:, :, None]
+        d_logits = float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
+        d_kv = 0.0
+        present_len = m_np.shape[1]
+        for i in range(len(past_names) // 2):
+            pk, pv = outs[f"present.{i}.key"], outs[f"present.{i}.value"]
+            shapes_ok &= pk.shape == (batch, n_kv, present_len, head_dim) and pv.shape == pk.shape
+            rk, rv = _cache_kv(cache, i)
+            d_kv = max(d_kv, _kv_diff(rk, pk, m_np), _kv_diff(rv, pv, m_np))
+            past[f"past_key_values.{i}.key"], past[f"past_key_values.{i}.value"] = pk, pv
+        steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": present_len})
+        cur_ids = torch.randint(1, int(cfg.vocab_size), (batch, 1), generator=gen)
+        mask = torch.cat((mask, torch.ones(batch, 1, dtype=torch.long)), dim=1)
+    return {
+        "steps": steps,
+        "max_logits": max(st["logits"] for st in steps),
+        "max_kv": max(st["kv"] for st in steps),
+        "present_shapes_ok": bool(shapes_ok),
+    }

@@ -1,0 +1,286 @@
+"""The prune stage: checkpoint in, pruned checkpoint + `sleb.json` out.
+
+Resumable: after each phase the finished phases go into a progress file next to the output
+(`.<out>.progress.json`); `resume=True` continues from it when model, calibration tokens and settings match.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sleb_deploy.artifacts import check_writable_target, environment, staged_dir, write_json
+from sleb_deploy.data import DEFAULT_CALIB, DEFAULT_EVAL, draw_windows
+from sleb_deploy.errors import ArtifactError, SlebDeployError, UserInputError
+from sleb_deploy.evaluate import eval_perplexity
+from sleb_deploy.models.adapters import adapter_for, remove_blocks
+from sleb_deploy.models.load import ModelSource, load_model, resolve_model
+from sleb_deploy.models.zoo import DEFAULT_MODEL
+from sleb_deploy.prune.scoring import BlockCounter, CachedScorer, NaiveScorer, block_influence
+from sleb_deploy.prune.select import Phase, check_barriers, num_to_remove, one_shot_select, sleb_select
+
+MANIFEST = "sleb.json"
+SCHEMA = "sleb-deploy/sleb@1"
+METRICS = ("sleb", "block-influence")
+SCORERS = ("cached", "naive")
+
+# on_candidate(phase_index, phases_total, done, total)
+CandidateHook = Callable[[int, int, int, int], None]
+
+
+class PruneInterrupted(SlebDeployError):
+    exit_code = 130
+
+
+@dataclass
+class PruneConfig:
+    """Everything `sleb-deploy prune` takes; defaults are the CLI's defaults."""
+
+    model: str = DEFAULT_MODEL
+    out: Path | None = None  # default: export/<model name>/hf-pruned
+    calib: str = DEFAULT_CALIB
+    windows: int = 8
+    seq_len: int = 256
+    seed: int = 0
+    remove: int | None = None
+    ratio: float | None = None  # 0.2 when neither remove nor ratio nor blocks is given
+    metric: str = "sleb"
+    blocks: list[int] | None = None
+    scorer: str = "cached"
+    early_barrier: int = 1
+    latter_barrier: int = 1
+    eval_text: str = DEFAULT_EVAL
+    eval_windows: int = 16
+    batch_size: int = 1
+    dtype: str = "auto"
+    device: str = "cpu"
+    resume: bool = False
+    force: bool = False
+
+
+@dataclass
+class PruneResult:
+    out: Path
+    num_blocks: int
+    removed: list[int]  # original indices, in removal order
+    kept: list[int]
+    phases: list[Phase]
+    calibration: dict[str, Any] | None
+    perplexity: dict[str, Any]
+    block_forwards: int
+    seconds: float
+    resumed_phases: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "num_blocks": self.num_blocks,
+            "removed": self.removed,
+            "kept": self.kept,
+            "phases": [p.to_json() for p in self.phases],
+            "calibration": self.calibration,
+            "perplexity": self.perplexity,
+            "block_forwards": self.block_forwards,
+            "seconds": round(self.seconds, 2),
+            "resumed_phases": self.resumed_phases,
+            **self.extra,
+        }
+
+
+def model_name(spec: str) -> str:
+    """A short name for the workspace: the alias, the directory name or the hub repo name."""
+    return Path(spec.rstrip("/")).name or "model"
+
+
+def default_out(cfg: PruneConfig) -> Path:
+    return Path("export") / model_name(cfg.model) / "hf-pruned"
+
+
+def progress_path(out: Path) -> Path:
+    return out.absolute().parent / f".{out.name}.progress.json"
+
+
+def _validate(cfg: PruneConfig) -> None:
+    if cfg.metric not in METRICS:
+        raise UserInputError(f"--metric {cfg.metric} is not one of {', '.join(METRICS)}")
+    if cfg.scorer not in SCORERS:
+        raise UserInputError(f"--scorer {cfg.scorer} is not one of {', '.join(SCORERS)}")
+    if cfg.blocks is not None and (cfg.remove is not None or cfg.ratio is not None):
+        raise UserInputError("--blocks names the blocks itself; drop --remove/--ratio")
+    if cfg.batch_size < 1:
+        raise UserInputError("--batch-size must be >= 1")
+
+
+def _load_progress(path: Path, fingerprint: dict[str, Any]) -> list[Phase]:
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    if data.get("fingerprint") != fingerprint:
+        raise ArtifactError(
+            f"{path} belongs to a run with other settings (model, calibration or barriers); "
+            "run without --resume to start over"
+        )
+    return [Phase.from_json(p) for p in data["phases"]]
+
+
+def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> PruneResult:
+    """Run SLEB (or a baseline) and write the pruned checkpoint; see the module docstring."""
+    _validate(cfg)
+    start = time.perf_counter()
+    out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
+    check_writable_target(out, cfg.force)
+    source = resolve_model(cfg.model)
+    model, tokenizer = load_model(source, cfg.dtype, cfg.device)
+    adapter = adapter_for(model)
+    blocks = adapter.blocks(model)
+    n = len(blocks)
+
+    if cfg.blocks is not None:
+        removed = _check_blocks(cfg.blocks, n)
+        k = len(removed)
+    else:
+        ratio = 0.2 if cfg.remove is None and cfg.ratio is None else cfg.ratio
+        k = num_to_remove(n, cfg.remove, ratio)
+        if cfg.metric == "sleb":
+            check_barriers(n, k, cfg.early_barrier, cfg.latter_barrier)
+
+    eval_len = cfg.seq_len
+    dense_ppl, eval_spec = eval_perplexity(model, tokenizer, cfg.eval_text, cfg.eval_windows, eval_len, cfg.batch_size)
+
+    phases: list[Phase] = []
+    calibration: dict[str, Any] | None = None
+    resumed = 0
+    counter = BlockCounter(list(blocks))
+    try:
+        if cfg.blocks is None:
+            windows, spec = draw_windows(tokenizer, cfg.calib, cfg.windows, cfg.seq_len, cfg.seed)
+            calibration = spec.to_json()
+            if cfg.metric == "block-influence":
+                scores = block_influence(model, windows, cfg.batch_size)
+                removed = one_shot_select(scores, k)
+                phases = [Phase(0, list(range(n)), scores, removed[0], {"one_shot_order": removed})]
+            else:
+                phases, resumed = _run_sleb(cfg, model, windows, source, calibration, n, k, out, on_candidate)
+                removed = [p.removed for p in phases]
+    finally:
+        counter.close()
+
+    kept = [i for i in range(n) if i not in removed]
+    remove_blocks(model, kept)
+    pruned_ppl, _ = eval_perplexity(model, tokenizer, cfg.eval_text, cfg.eval_windows, eval_len, cfg.batch_size)
+    seconds = time.perf_counter() - start
+    result = PruneResult(
+        out=out.absolute(),
+        num_blocks=n,
+        removed=removed,
+        kept=kept,
+        phases=phases,
+        calibration=calibration,
+        perplexity={"eval": eval_spec, "dense": dense_ppl.to_json(), "pruned": pruned_ppl.to_json()},
+        block_forwards=counter.count,
+        seconds=seconds,
+        resumed_phases=resumed,
+    )
+    manifest = _manifest(cfg, source, result, str(model.config.model_type))
+    with staged_dir(out, cfg.force) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, manifest)
+    progress_path(out).unlink(missing_ok=True)
+    return result
+
+
+def _check_blocks(blocks: list[int], n: int) -> list[int]:
+    bad = [b for b in blocks if not 0 <= b < n]
+    if bad:
+        raise UserInputError(f"--blocks {bad} out of range: the model has blocks 0..{n - 1}")
+    if len(set(blocks)) != len(blocks):
+        raise UserInputError(f"--blocks {blocks} lists a block twice")
+    if not 1 <= len(blocks) < n:
+        raise UserInputError(f"--blocks must name between 1 and {n - 1} blocks")
+    return list(blocks)
+
+
+def _run_sleb(
+    cfg: PruneConfig,
+    model: Any,
+    windows: Any,
+    source: ModelSource,
+    calibration: dict[str, Any],
+    n: int,
+    k: int,
+    out: Path,
+    on_candidate: CandidateHook | None,
+) -> tuple[list[Phase], int]:
+    fingerprint = {
+        "model_checksum": source.checksum or source.location,
+        "token_sha256": calibration["token_sha256"],
+        "barriers": [cfg.early_barrier, cfg.latter_barrier],
+        "dtype": cfg.dtype,
+        "batch_size": cfg.batch_size,
+    }
+    ppath = progress_path(out)
+    done = _load_progress(ppath, fingerprint) if cfg.resume else []
+    done = done[:k]
+    state = {"phase": len(done)}
+
+    def progress(i: int, total: int) -> None:
+        if on_candidate is not None:
+            on_candidate(state["phase"], k, i, total)
+
+    scorer_cls = CachedScorer if cfg.scorer == "cached" else NaiveScorer
+    scorer = scorer_cls(model, windows, cfg.batch_size, progress)
+
+    def score_phase(alive: list[int], candidates: list[int]) -> dict[int, float]:
+        return scorer(alive, candidates)
+
+    def save(phases: list[Phase]) -> None:
+        if isinstance(scorer, CachedScorer) and scorer.last_alive_nll is not None:
+            phases[-1].extra["nll_before"] = scorer.last_alive_nll
+        state["phase"] = len(phases)
+        ppath.parent.mkdir(parents=True, exist_ok=True)
+        write_json(ppath, {"fingerprint": fingerprint, "phases": [p.to_json() for p in phases]})
+
+    try:
+        phases = sleb_select(n, k, score_phase, cfg.early_barrier, cfg.latter_barrier, done, save)
+    except KeyboardInterrupt:
+        saved = state["phase"]
+        raise PruneInterrupted(
+            f"interrupted in phase {saved + 1} of {k}; {saved} finished phase(s) kept in {ppath}: "
+            "run the same command with --resume to continue"
+        ) from None
+    return phases, len(done)
+
+
+def _manifest(cfg: PruneConfig, source: ModelSource, result: PruneResult, model_type: str) -> dict[str, Any]:
+    method = "blocks" if cfg.blocks is not None else cfg.metric
+    return {
+        "schema": SCHEMA,
+        "model": {**source.to_json(), "model_type": model_type, "num_blocks": result.num_blocks},
+        "method": {
+            "metric": method,
+            "label": {
+                "sleb": "SLEB (Song et al. 2024): greedy, iterative, calibration NLL with the block skipped",
+                "block-influence": "baseline: ShortGPT block influence, one-shot, 1 - cos(in, out)",
+                "blocks": "user-given block list",
+            }[method],
+            "scorer": cfg.scorer if method == "sleb" else None,
+            "barriers": [cfg.early_barrier, cfg.latter_barrier],
+            "dtype": cfg.dtype,
+            "batch_size": cfg.batch_size,
+        },
+        "calibration": result.calibration,
+        "removal_order": result.removed,
+        "kept_blocks": result.kept,
+        "num_blocks_after": len(result.kept),
+        "phases": [p.to_json() for p in result.phases],
+        "perplexity": result.perplexity,
+        "cost": {"block_forwards": result.block_forwards, "seconds": round(result.seconds, 2)},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "environment": environment(),
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,25 +36,35 @@ def run_stage(fn: Callable[[], T]) -> T:
     except SlebDeployError as err:
         raise _fail(str(err), err.exit_code) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
+        raise _fail("interrupted; no output was written", 130) from None
 
 
 @contextmanager
 def candidate_progress(quiet: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
-    """A rich bar on stderr for SLEB phases and candidates (none with --quiet)."""
+    """Progress of SLEB phases on stderr: a rich bar on a terminal, a line per phase in logs, none if quiet."""
     if quiet:
         yield None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        started = time.perf_counter()
+
+        def line(phase: int, phases: int, done: int, total: int) -> None:
+            if done == total:
+                elapsed = time.perf_counter() - started
+                typer.echo(f"phase {phase + 1}/{phases}: {total} candidates scored ({elapsed:.0f} s)", err=True)
+
+        yield line
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
+        console=console,
     )
     tasks: dict[int, Any] = {}
 
@@ -142,11 +153,12 @@ def eval_cmd(
 ) -> None:
     """Perplexity of a model on a text source (consecutive windows from its start)."""
     from sleb_deploy.evaluate import eval_perplexity
-    from sleb_deploy.models.load import load_model, resolve_model
+    from sleb_deploy.models.load import load_model, load_tokenizer, resolve_model
 
     def run() -> dict[str, Any]:
         source = resolve_model(model)
-        m, tok = load_model(source, dtype, device)
+        tok = load_tokenizer(source)
+        m = load_model(source, dtype, device)
         ppl, spec = eval_perplexity(m, tok, text, windows, seq_len, batch_size)
         return {"model": source.to_json(), "text": spec, **ppl.to_json()}
 
@@ -155,6 +167,98 @@ def eval_cmd(
         sys.stdout.write(json.dumps(result) + "\n")
     else:
         typer.echo(f"perplexity {result['ppl']:.4f} on {result['tokens']} tokens of {text}")
+
+
+@app.command("onnx")
+def onnx_cmd(
+    model: Annotated[
+        str, typer.Option(help="HF directory (dense or pruned), hub id, or built-in alias")
+    ] = "smollm2-135m",
+    out: Annotated[Path | None, typer.Option(help="output directory [default: export/<model>/onnx]")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32, fp16 or bf16 (the engine's precision follows it)")] = "fp32",
+    variant: Annotated[str, typer.Option(help="opset23 (ONNX Attention, faster) or opset18")] = "opset23",
+    last_logits_only: Annotated[bool, typer.Option(help="logits for the last position only")] = False,
+    external_data: Annotated[
+        bool | None, typer.Option(help="weights in model.onnx_data [default: only over 2 GB]")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output directory")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+) -> None:
+    """Export one checkpoint to ONNX with KV-cache I/O and validate it against PyTorch."""
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+    from sleb_deploy.prune.stage import model_name
+
+    cfg = ExportConfig(dtype, variant, last_logits_only, external_data, None, force)
+    target = out if out is not None else Path("export") / model_name(model) / "onnx"
+    result = run_stage(lambda: export_checkpoint(model, target, cfg))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        return
+    _print_export("model", result)
+
+
+def _print_export(label: str, result: Any) -> None:
+    v = result.validation
+    check = (
+        f"ORT vs torch max |diff| logits {v['max_logits']:.2e}, KV {v['max_kv']:.2e} (tol {v['tolerance']:g})"
+        if v.get("status") == "passed"
+        else f"validation {v.get('status')}: {v.get('reason', '')}"
+    )
+    mb = sum(result.files.get(f, 0) for f in ("model.onnx", "model.onnx_data")) / 1e6
+    typer.echo(f"{label}: {result.graph['num_layers']} blocks, {mb:.0f} MB -> {result.out}; {check}")
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Option(help="HF directory, hub id, or built-in alias")] = "smollm2-135m",
+    name: Annotated[str | None, typer.Option(help="workspace name [default: the model's name]")] = None,
+    pruned: Annotated[Path | None, typer.Option(help="export this pruned checkpoint instead of pruning")] = None,
+    remove: Annotated[int | None, typer.Option(help="number of blocks to remove")] = None,
+    ratio: Annotated[float | None, typer.Option(help="fraction of blocks to remove [default: 0.2]")] = None,
+    blocks: Annotated[str | None, typer.Option(help="remove exactly these blocks, e.g. 3,7,12")] = None,
+    metric: Annotated[str, typer.Option(help="sleb or block-influence")] = "sleb",
+    calib: Annotated[str, typer.Option(help="calibration text (see prune --help)")] = "wiki-articles",
+    windows: Annotated[int, typer.Option(help="calibration windows")] = 8,
+    seq_len: Annotated[int, typer.Option(help="tokens per window")] = 256,
+    dtype: Annotated[str, typer.Option(help="ONNX precision: fp32, fp16 or bf16")] = "fp32",
+    variant: Annotated[str, typer.Option(help="opset23 or opset18")] = "opset23",
+    last_logits_only: Annotated[bool, typer.Option(help="logits for the last position only")] = False,
+    engines: Annotated[str, typer.Option(help="auto (TensorRT if importable), none, tensorrt, rtx")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="redo and replace existing outputs")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress output")] = False,
+) -> None:
+    """Prune, export dense and pruned to ONNX, validate both, and build TensorRT engines when possible."""
+    from sleb_deploy.export.stage import ExportConfig
+    from sleb_deploy.pipeline import PipelineConfig, run_pipeline
+    from sleb_deploy.prune.stage import PruneConfig
+
+    cfg = PipelineConfig(
+        prune=PruneConfig(model=model, calib=calib, windows=windows, seq_len=seq_len, remove=remove, ratio=ratio,
+                          metric=metric, blocks=_blocks(blocks)),
+        export=ExportConfig(dtype=dtype, variant=variant, last_logits_only=last_logits_only),
+        name=name, pruned_checkpoint=pruned, engines=engines, force=force,
+    )  # fmt: skip
+    silent = quiet or as_json
+
+    def notify(message: str) -> None:
+        if not silent:
+            typer.echo(message, err=True)
+
+    with candidate_progress(silent) as hook:
+        result = run_stage(lambda: run_pipeline(cfg, on_candidate=hook, notify=notify))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        return
+    p = result.pruning
+    ppl = p["perplexity"]
+    typer.echo(f"removed blocks {p['removal_order']}: {p['num_blocks']} -> {p['num_blocks_after']}")
+    typer.echo(
+        f"perplexity ({ppl['eval']['source']}): dense {ppl['dense']['ppl']:.3f} -> pruned {ppl['pruned']['ppl']:.3f}"
+    )
+    _print_export("dense ", result.dense)
+    _print_export("pruned", result.pruned)
+    typer.echo(f"engines: {result.engines.get('note') or result.engines}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

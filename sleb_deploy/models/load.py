@@ -102,15 +102,33 @@ def torch_dtype(name: str) -> torch.dtype | str:
     return names[name]
 
 
-def load_model(
-    source: ModelSource, dtype: str = "auto", device: str = "cpu"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load model (eval mode) and tokenizer; fails before loading weights for an unsupported family."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def read_config(source: ModelSource) -> Any:
+    """The checkpoint's config (no weights); fails for an unsupported family."""
+    from transformers import AutoConfig
 
     get_adapter(read_model_type(source))
+    return AutoConfig.from_pretrained(source.location)
+
+
+def read_num_blocks(source: ModelSource) -> int:
+    config = read_config(source)
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.location)
+
+
+def load_model(source: ModelSource, dtype: str = "auto", device: str = "cpu") -> PreTrainedModel:
+    """Load the model in eval mode; fails before loading weights for an unsupported family."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    get_adapter(read_model_type(source))
+    hf_logging.disable_progress_bar()  # our own progress reporting is enough; keep stderr to one line on errors
     model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype(dtype))
     model.to(device)  # type: ignore[arg-type]
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.location)
-    return model, tokenizer
+    return model

@@ -16,9 +16,9 @@ from typing import Any
 from sleb_deploy.artifacts import check_writable_target, environment, staged_dir, write_json
 from sleb_deploy.data import DEFAULT_CALIB, DEFAULT_EVAL, draw_windows
 from sleb_deploy.errors import ArtifactError, SlebDeployError, UserInputError
-from sleb_deploy.evaluate import eval_perplexity
+from sleb_deploy.evaluate import perplexity
 from sleb_deploy.models.adapters import adapter_for, remove_blocks
-from sleb_deploy.models.load import ModelSource, load_model, resolve_model
+from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, read_num_blocks, resolve_model
 from sleb_deploy.models.zoo import DEFAULT_MODEL
 from sleb_deploy.prune.scoring import BlockCounter, CachedScorer, NaiveScorer, block_influence
 from sleb_deploy.prune.select import Phase, check_barriers, num_to_remove, one_shot_select, sleb_select
@@ -135,11 +135,7 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> PruneR
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
     check_writable_target(out, cfg.force)
     source = resolve_model(cfg.model)
-    model, tokenizer = load_model(source, cfg.dtype, cfg.device)
-    adapter = adapter_for(model)
-    blocks = adapter.blocks(model)
-    n = len(blocks)
-
+    n = read_num_blocks(source)
     if cfg.blocks is not None:
         removed = _check_blocks(cfg.blocks, n)
         k = len(removed)
@@ -149,30 +145,38 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> PruneR
         if cfg.metric == "sleb":
             check_barriers(n, k, cfg.early_barrier, cfg.latter_barrier)
 
-    eval_len = cfg.seq_len
-    dense_ppl, eval_spec = eval_perplexity(model, tokenizer, cfg.eval_text, cfg.eval_windows, eval_len, cfg.batch_size)
+    # Text first: a too-short calibration file fails before the weights are loaded.
+    tokenizer = load_tokenizer(source)
+    eval_ids, eval_spec = draw_windows(tokenizer, cfg.eval_text, cfg.eval_windows, cfg.seq_len, None, "eval")
+    calib_ids = calib_spec = None
+    if cfg.blocks is None:
+        calib_ids, calib_spec = draw_windows(tokenizer, cfg.calib, cfg.windows, cfg.seq_len, cfg.seed)
+    model = load_model(source, cfg.dtype, cfg.device)
+    blocks = adapter_for(model).blocks(model)
+    if len(blocks) != n:
+        raise ArtifactError(f"config.json says {n} blocks but the model has {len(blocks)}; fix the checkpoint")
+    dense_ppl = perplexity(model, eval_ids, cfg.batch_size)
 
     phases: list[Phase] = []
-    calibration: dict[str, Any] | None = None
     resumed = 0
     counter = BlockCounter(list(blocks))
     try:
-        if cfg.blocks is None:
-            windows, spec = draw_windows(tokenizer, cfg.calib, cfg.windows, cfg.seq_len, cfg.seed)
-            calibration = spec.to_json()
+        if calib_ids is not None and calib_spec is not None:
             if cfg.metric == "block-influence":
-                scores = block_influence(model, windows, cfg.batch_size)
+                scores = block_influence(model, calib_ids, cfg.batch_size)
                 removed = one_shot_select(scores, k)
                 phases = [Phase(0, list(range(n)), scores, removed[0], {"one_shot_order": removed})]
             else:
-                phases, resumed = _run_sleb(cfg, model, windows, source, calibration, n, k, out, on_candidate)
+                phases, resumed = _run_sleb(
+                    cfg, model, calib_ids, source, calib_spec.to_json(), n, k, out, on_candidate
+                )
                 removed = [p.removed for p in phases]
     finally:
         counter.close()
 
     kept = [i for i in range(n) if i not in removed]
     remove_blocks(model, kept)
-    pruned_ppl, _ = eval_perplexity(model, tokenizer, cfg.eval_text, cfg.eval_windows, eval_len, cfg.batch_size)
+    pruned_ppl = perplexity(model, eval_ids, cfg.batch_size)
     seconds = time.perf_counter() - start
     result = PruneResult(
         out=out.absolute(),
@@ -180,8 +184,8 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> PruneR
         removed=removed,
         kept=kept,
         phases=phases,
-        calibration=calibration,
-        perplexity={"eval": eval_spec, "dense": dense_ppl.to_json(), "pruned": pruned_ppl.to_json()},
+        calibration=calib_spec.to_json() if calib_spec is not None else None,
+        perplexity={"eval": eval_spec.to_json(), "dense": dense_ppl.to_json(), "pruned": pruned_ppl.to_json()},
         block_forwards=counter.count,
         seconds=seconds,
         resumed_phases=resumed,

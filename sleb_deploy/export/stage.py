@@ -1,0 +1,173 @@
+"""The export stage: HF checkpoint in, validated ONNX directory + `export.json` out (DESIGN.md section 3).
+
+The output directory is what hosts load: `model.onnx` (+ `model.onnx_data`), `config.json`,
+`generation_config.json` and the tokenizer files, so Optimum's `ORTModelForCausalLM.from_pretrained(dir)` and
+onnxruntime-genai-style hosts can use it as it is. Validation (ONNX Runtime vs PyTorch: prefill and two chained
+decode steps at batch 2 with left padding) always runs before the directory is renamed into place; beyond the
+dtype's tolerance nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sleb_deploy.artifacts import check_writable_target, environment, staged_dir, write_json
+from sleb_deploy.errors import UserInputError, ValidationError
+from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, resolve_model
+
+MANIFEST = "export.json"
+SCHEMA = "sleb-deploy/export@1"
+PROTOBUF_LIMIT = 2 * 1024**3
+# Max |logits| and |KV| difference ONNX Runtime vs PyTorch (fp32 reference). fp16 rounds activations to
+# 11 bits over every block; bf16 graphs cannot be fed from numpy, so ORT validation is skipped for them.
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.25}
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class ExportConfig:
+    dtype: str = "fp32"
+    variant: str = "opset23"
+    last_logits_only: bool = False
+    external_data: bool | None = None  # None: only when the weights exceed protobuf's 2 GB
+    tolerance: float | None = None  # None: TOLERANCE[dtype]
+    force: bool = False
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    graph: dict[str, Any]
+    validation: dict[str, Any]
+    pruning: dict[str, Any]
+    seconds: float
+    files: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "out": str(self.out)}
+
+
+def weight_bytes(model: Any, dtype: str) -> int:
+    """Size of the weights once cast to `dtype` (tied weights counted once, as the graph stores them)."""
+    per = 4 if dtype == "fp32" else 2
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * per
+    return total
+
+
+def check_external_data(model: Any, dtype: str, external_data: bool | None) -> None:
+    """A graph over 2 GB cannot be one protobuf: refuse `external_data=False` before exporting anything."""
+    size = weight_bytes(model, dtype)
+    if external_data is False and size >= PROTOBUF_LIMIT:
+        raise UserInputError(
+            f"the {dtype} weights take {size / 1024**3:.2f} GB, over protobuf's 2 GB limit for one file: "
+            "drop --no-external-data (weights then go to model.onnx_data)"
+        )
+
+
+def _pruning_summary(source: ModelSource) -> dict[str, Any]:
+    if source.kind == "hub":
+        return {"pruned": False}
+    sleb = Path(source.location) / "sleb.json"
+    if not sleb.is_file():
+        return {"pruned": False}
+    data = json.loads(sleb.read_text())
+    return {
+        "pruned": True,
+        "method": data["method"]["metric"],
+        "source_model": data["model"]["spec"],
+        "num_blocks_before": data["model"]["num_blocks"],
+        "removal_order": data["removal_order"],
+        "kept_blocks": data["kept_blocks"],
+        "perplexity": data.get("perplexity"),
+    }
+
+
+def _host_config(model: Any) -> dict[str, Any]:
+    """config.json for hosts; also spells rope_theta flat, since transformers < 4.58 (Optimum's) ignores
+    `rope_parameters` and would silently fall back to its default base."""
+    config: dict[str, Any] = model.config.to_dict()
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in config:
+        config["rope_theta"] = rope["rope_theta"]
+    config["use_cache"] = True
+    return config
+
+
+def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportResult:
+    """Export, validate and lay out one checkpoint (dense or pruned) as an ONNX directory."""
+    from sleb_deploy.export.onnx_graph import export_decoder_onnx
+    from sleb_deploy.export.validate import validate_against_torch
+
+    if cfg.dtype not in DTYPES:
+        raise UserInputError(f"--dtype {cfg.dtype} is not one of {', '.join(DTYPES)}")
+    start = time.perf_counter()
+    out = Path(out)
+    check_writable_target(out, cfg.force)
+    source = resolve_model(model_spec)
+    tokenizer = load_tokenizer(source)
+    model = load_model(source, dtype="fp32")
+    check_external_data(model, cfg.dtype, cfg.external_data)
+    with staged_dir(out, cfg.force) as tmp:
+        spec = export_decoder_onnx(
+            model,
+            tmp,
+            dtype=cfg.dtype,
+            variant=cfg.variant,
+            last_logits_only=cfg.last_logits_only,
+            external_data=cfg.external_data,
+        )
+        validation = _validate(model, tmp / "model.onnx", cfg, validate_against_torch)
+        write_json(tmp / "config.json", _host_config(model))
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        result = ExportResult(
+            out=out.absolute(),
+            graph=spec.to_dict(),
+            validation=validation,
+            pruning=_pruning_summary(source),
+            seconds=time.perf_counter() - start,
+            files=files,
+        )
+        write_json(
+            tmp / MANIFEST,
+            {
+                "schema": SCHEMA,
+                "model": source.to_json(),
+                "graph": result.graph,
+                "validation": validation,
+                "pruning": result.pruning,
+                "options": asdict(cfg),
+                "files": files,
+                "seconds": round(result.seconds, 2),
+                "environment": environment(),
+            },
+        )
+    return result
+
+
+def _validate(model: Any, onnx_path: Path, cfg: ExportConfig, validate: Any) -> dict[str, Any]:
+    if cfg.dtype == "bf16":
+        return {"status": "skipped", "reason": "ONNX Runtime cannot be fed bf16 from numpy; export fp32/fp16 to check"}
+    tol = cfg.tolerance if cfg.tolerance is not None else TOLERANCE[cfg.dtype]
+    report: dict[str, Any] = validate(model, onnx_path, batch=2, prompt_len=7, decode_steps=2, left_pad=True)
+    report["tolerance"] = tol
+    worst = max(report["max_logits"], report["max_kv"])
+    if not report["present_shapes_ok"]:
+        raise ValidationError(f"ONNX presents have wrong shapes ({report['steps']}); this is a bug, please report it")
+    if not worst <= tol:  # also catches NaN
+        raise ValidationError(
+            f"ONNX Runtime differs from PyTorch by {worst:.3g} (logits {report['max_logits']:.3g}, "
+            f"KV {report['max_kv']:.3g}) > tolerance {tol:g}; nothing written. Try --variant opset18 or fp32"
+        )
+    report["status"] = "passed"
+    return report

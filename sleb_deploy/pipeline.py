@@ -1,0 +1,178 @@
+"""`sleb-deploy export`: the whole chain for one model (DESIGN.md section 1).
+
+prune (or reuse a pruned checkpoint) -> export dense and pruned to ONNX -> validate both -> build TensorRT
+engines when asked and a TensorRT module is importable. Workspace layout, relative to the working directory:
+
+    export/<name>/hf-pruned/   pruned HF checkpoint + sleb.json     (prune stage)
+    export/<name>/dense/       ONNX of the original model + export.json
+    export/<name>/pruned/      ONNX of the pruned model + export.json
+    engines/<name>/{dense,pruned}/   model.plan + engine.json      (engines stage, optional)
+
+Every target is checked before any work starts, so a run that would collide fails in a second, not after
+the pruning.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sleb_deploy.artifacts import check_writable_target
+from sleb_deploy.errors import ArtifactError, MissingDependencyError, UserInputError
+from sleb_deploy.export.stage import ExportConfig, ExportResult, export_checkpoint
+from sleb_deploy.prune.stage import PruneConfig, PruneResult, model_name, prune
+
+# The settings that decide which blocks go; a reused checkpoint must match them.
+_PRUNE_KEYS = ("model", "calib", "windows", "seq_len", "seed", "remove", "ratio", "metric", "blocks",
+               "early_barrier", "latter_barrier")  # fmt: skip
+ENGINE_CHOICES = ("auto", "none", "tensorrt", "rtx")
+
+Notify = Callable[[str], None]
+
+
+@dataclass
+class PipelineConfig:
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    name: str | None = None
+    workspace: Path = Path("export")
+    engines_dir: Path = Path("engines")
+    pruned_checkpoint: Path | None = None  # reuse this pruned checkpoint (with sleb.json) instead of pruning
+    engines: str = "auto"
+    force: bool = False
+
+
+@dataclass
+class PipelineResult:
+    workspace: Path
+    pruning: dict[str, Any]
+    dense: ExportResult
+    pruned: ExportResult
+    engines: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workspace": str(self.workspace),
+            "pruning": self.pruning,
+            "dense": self.dense.to_json(),
+            "pruned": self.pruned.to_json(),
+            "engines": self.engines,
+        }
+
+
+def _engine_backend(choice: str) -> str | None:
+    """Which TensorRT module builds the engines, or None to skip; explicit choices must be importable."""
+    if choice not in ENGINE_CHOICES:
+        raise UserInputError(f"--engines {choice} is not one of {', '.join(ENGINE_CHOICES)}")
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_rtx = importlib.util.find_spec("tensorrt_rtx") is not None
+    if choice == "none" or (choice == "auto" and not has_trt):
+        return None
+    if choice in ("auto", "tensorrt"):
+        if not has_trt:
+            raise MissingDependencyError(
+                "TensorRT is not installed: pip install 'sleb-deploy[trt]' on a machine with an NVIDIA GPU, "
+                "or run in Dockerfile.trt"
+            )
+        return "tensorrt"
+    if not has_rtx:
+        raise MissingDependencyError("TensorRT-RTX is not installed: pip install 'sleb-deploy[trt-rtx]'")
+    return "tensorrt_rtx"
+
+
+def _reusable(pruned_dir: Path, cfg: PruneConfig) -> bool:
+    """A pruned checkpoint from an earlier run with the same block-choosing settings is reused."""
+    sleb = pruned_dir / "sleb.json"
+    if not sleb.is_file():
+        return False
+    recorded = json.loads(sleb.read_text()).get("config", {})
+    wanted = {k: getattr(cfg, k) for k in _PRUNE_KEYS}
+    if all(recorded.get(k) == v for k, v in wanted.items()):
+        return True
+    raise ArtifactError(
+        f"{pruned_dir} was pruned with other settings: pass --force to prune again, or "
+        f"--pruned {pruned_dir} to export it as it is"
+    )
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    on_candidate: Callable[[int, int, int, int], None] | None = None,
+    notify: Notify = lambda message: None,
+) -> PipelineResult:
+    name = cfg.name or model_name(cfg.prune.model)
+    ws = cfg.workspace / name
+    hf_pruned = ws / "hf-pruned"
+    dense_out, pruned_out = ws / "dense", ws / "pruned"
+    backend = _engine_backend(cfg.engines)
+    for target in (dense_out, pruned_out):
+        check_writable_target(target, cfg.force)
+    if backend is not None:
+        for variant in ("dense", "pruned"):
+            check_writable_target(cfg.engines_dir / name / variant, cfg.force)
+
+    if cfg.pruned_checkpoint is not None:
+        pruned_src = Path(cfg.pruned_checkpoint)
+        if not (pruned_src / "sleb.json").is_file():
+            raise ArtifactError(f"{pruned_src} has no sleb.json: give a directory written by `sleb-deploy prune`")
+        pruning = json.loads((pruned_src / "sleb.json").read_text())
+        notify(f"using the pruned checkpoint {pruned_src}")
+    elif not cfg.force and _reusable(hf_pruned, cfg.prune):
+        pruned_src = hf_pruned
+        pruning = json.loads((hf_pruned / "sleb.json").read_text())
+        notify(f"reusing {hf_pruned} (same pruning settings)")
+    else:
+        prune_cfg = PruneConfig(**{**cfg.prune.__dict__, "out": hf_pruned, "force": cfg.force})
+        notify(f"pruning {prune_cfg.model} -> {hf_pruned}")
+        result: PruneResult = prune(prune_cfg, on_candidate=on_candidate)
+        pruned_src = hf_pruned
+        pruning = json.loads((hf_pruned / "sleb.json").read_text())
+        notify(f"removed blocks {result.removed}")
+
+    export_cfg = ExportConfig(**{**cfg.export.__dict__, "force": cfg.force})
+    dense_model = str(pruning["model"]["location"]) if pruning["model"]["kind"] != "hub" else pruning["model"]["spec"]
+    notify(f"exporting dense {dense_model} -> {dense_out}")
+    dense = export_checkpoint(dense_model, dense_out, export_cfg)
+    notify(f"exporting pruned {pruned_src} -> {pruned_out}")
+    pruned = export_checkpoint(str(pruned_src), pruned_out, export_cfg)
+
+    engines: dict[str, Any] = {"backend": backend}
+    if backend is None:
+        engines["note"] = (
+            "no TensorRT module: engines not built (pip install 'sleb-deploy[trt]' on an NVIDIA GPU machine, "
+            "or Dockerfile.trt; --engines rtx builds with TensorRT-RTX)"
+        )
+    else:
+        engines.update(_build_engines(cfg, name, backend, notify))
+    return PipelineResult(ws.absolute(), _pruning_brief(pruning), dense, pruned, engines)
+
+
+def _pruning_brief(pruning: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "removal_order": pruning["removal_order"],
+        "num_blocks": pruning["model"]["num_blocks"],
+        "num_blocks_after": pruning["num_blocks_after"],
+        "perplexity": pruning["perplexity"],
+    }
+
+
+def _build_engines(cfg: PipelineConfig, name: str, backend: str, notify: Notify) -> dict[str, Any]:
+    from sleb_deploy.engines.build import build_engine
+    from sleb_deploy.engines.profiles import BuildConfig
+
+    out: dict[str, Any] = {}
+    cache: Path | None = None
+    for variant in ("dense", "pruned"):
+        target = cfg.engines_dir / name / variant
+        notify(f"building the {variant} engine with {backend} -> {target}")
+        built = build_engine(
+            cfg.workspace / name / variant, target, BuildConfig(), backend=backend, timing_cache=cache, force=cfg.force
+        )
+        cache = target / "timing.cache"  # the pruned build reuses the dense build's timings
+        out[variant] = str(target.absolute())
+        out[f"{variant}_seconds"] = getattr(built, "seconds", None)
+    return out

@@ -14,6 +14,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sleb_deploy.errors import ArtifactError, SlebDeployError
 
@@ -73,7 +74,12 @@ def fetch_wheel(dist: str, version: str) -> Path:
         return found
     print(f"downloading {dist}=={version} (once, into {wheels})", file=sys.stderr)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels)]
-    proc = subprocess.run([*cmd, f"{dist}=={version}"], stdout=sys.stderr, check=False)
+    sink: Any = sys.stderr  # pip's own progress goes to our stderr; stdout stays clean for --json
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is not a real file (embedded, test runners)
+        sink = subprocess.DEVNULL
+    proc = subprocess.run([*cmd, f"{dist}=={version}"], stdout=sink, stderr=sink, check=False)
     found = _find_wheel(wheels, dist, version)
     if proc.returncode != 0 or found is None:
         raise SlebDeployError(

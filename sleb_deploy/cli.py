@@ -220,6 +220,8 @@ def export_cmd(
     calib: Annotated[str, typer.Option(help="calibration text (see prune --help)")] = "wiki-articles",
     windows: Annotated[int, typer.Option(help="calibration windows")] = 8,
     seq_len: Annotated[int, typer.Option(help="tokens per window")] = 256,
+    eval_text: Annotated[str, typer.Option(help="perplexity text (see prune --help)")] = "wiki-summaries",
+    eval_windows: Annotated[int, typer.Option(help="perplexity windows")] = 16,
     dtype: Annotated[str, typer.Option(help="ONNX precision: fp32, fp16 or bf16")] = "fp32",
     variant: Annotated[str, typer.Option(help="opset23 or opset18")] = "opset23",
     last_logits_only: Annotated[bool, typer.Option(help="logits for the last position only")] = False,
@@ -235,7 +237,7 @@ def export_cmd(
 
     cfg = PipelineConfig(
         prune=PruneConfig(model=model, calib=calib, windows=windows, seq_len=seq_len, remove=remove, ratio=ratio,
-                          metric=metric, blocks=_blocks(blocks)),
+                          metric=metric, blocks=_blocks(blocks), eval_text=eval_text, eval_windows=eval_windows),
         export=ExportConfig(dtype=dtype, variant=variant, last_logits_only=last_logits_only),
         name=name, pruned_checkpoint=pruned, engines=engines, force=force,
     )  # fmt: skip

@@ -1,0 +1,113 @@
+"""The export stage and `sleb-deploy onnx`/`export` on tiny checkpoints: layout, manifest, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sleb_deploy.cli import app
+from sleb_deploy.errors import UserInputError, ValidationError
+from sleb_deploy.export.stage import ExportConfig, check_external_data, export_checkpoint
+
+runner = CliRunner()
+
+
+def test_export_layout_manifest_and_generation(llama_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from sleb_deploy.export.ort_generate import OrtGenerator
+
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["onnx", "--model", str(llama_dir), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["validation"]["status"] == "passed"
+    assert data["validation"]["max_logits"] <= data["validation"]["tolerance"]
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "export.json"} <= names
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["graph"]["num_layers"] == 6 and manifest["pruning"] == {"pruned": False}
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]  # spelled for old transformers too
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    ids = torch.randint(4, 300, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    got = OrtGenerator(out / "model.onnx").generate(ids.numpy(), mask.numpy(), max_new_tokens=8)
+    np.testing.assert_array_equal(got, ref.numpy())
+
+
+def test_pruned_export_records_pruning(llama_dir: Path, text_file: Path, tmp_path: Path) -> None:
+    pruned = tmp_path / "hf"
+    args = ["prune", "--model", str(llama_dir), "--blocks", "1,3", "--out", str(pruned), "--eval-text",
+            str(text_file), "--seq-len", "32", "--eval-windows", "2", "--quiet"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    result = export_checkpoint(str(pruned), tmp_path / "onnx", ExportConfig())
+    assert result.graph["num_layers"] == 4
+    assert result.pruning["pruned"] and result.pruning["removal_order"] == [1, 3]
+    assert len(result.graph["input_names"]) == 3 + 2 * 4
+
+
+def test_validation_failure_writes_nothing(llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "onnx"
+    with pytest.raises(ValidationError, match="nothing written"):
+        export_checkpoint(str(llama_dir), out, ExportConfig(tolerance=-1.0))  # no difference can pass
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bad_input(tmp_path: Path, llama_dir: Path) -> None:
+    (tmp_path / "noconf").mkdir()
+    result = runner.invoke(app, ["onnx", "--model", str(tmp_path / "noconf"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no config.json" in result.stderr
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    result = runner.invoke(app, ["onnx", "--model", str(tmp_path / "gpt"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "'gpt2' is not supported" in result.stderr
+    existing = tmp_path / "o"
+    existing.mkdir()
+    (existing / "model.onnx").write_text("good one")
+    result = runner.invoke(app, ["onnx", "--model", str(llama_dir), "--out", str(existing)])
+    assert result.exit_code == 3 and "already exists" in result.stderr
+    assert (existing / "model.onnx").read_text() == "good one"
+    for r in (result,):
+        assert r.stderr.count("\n") == 1
+
+
+def test_too_big_for_protobuf_without_external_data() -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=1 << 20, hidden_size=640, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    with torch.device("meta"):  # shapes only: 2 x 1M x 640 fp32 = 5 GB, nothing allocated
+        model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UserInputError, match="over protobuf's 2 GB limit"):
+        check_external_data(model, "fp32", external_data=False)
+    check_external_data(model, "fp32", external_data=None)  # the default moves weights to model.onnx_data
+
+
+def test_pipeline_reuses_and_refuses(
+    llama_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    common = ["export", "--model", str(llama_dir), "--calib", str(text_file), "--windows", "2", "--seq-len", "32",
+              "--eval-text", str(text_file), "--eval-windows", "2", "--engines", "none", "--quiet"]  # fmt: skip
+    args = [*common, "--remove", "1"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    ws = tmp_path / "export" / "tiny-llama"
+    assert {p.name for p in ws.iterdir()} == {"hf-pruned", "dense", "pruned"}
+    assert data["dense"]["graph"]["num_layers"] == 6 and data["pruned"]["graph"]["num_layers"] == 5
+    assert data["engines"]["backend"] is None and "Dockerfile.trt" in data["engines"]["note"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 3 and "already exists" in again.stderr  # dense/pruned exist: nothing redone
+    other = runner.invoke(app, [*common, "--remove", "2", "--force"])  # other settings: prunes again
+    assert other.exit_code == 0, other.stderr
+    assert json.loads((ws / "hf-pruned" / "sleb.json").read_text())["num_blocks_after"] == 4

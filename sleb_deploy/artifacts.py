@@ -109,8 +109,13 @@ def environment() -> dict[str, Any]:
         "onnx",
         "onnxruntime",
         "onnxruntime-gpu",
+        "onnxscript",
         "tensorrt",
+        "tensorrt-cu12",
+        "tensorrt-cu13",
         "tensorrt-rtx",
+        "tensorrt-rtx-cu12",
+        "tensorrt-rtx-cu13",
     ]
     return {
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -263,5 +263,38 @@ def export_cmd(
     typer.echo(f"engines: {result.engines.get('note') or result.engines}")
 
 
+@app.command("build")
+def build_cmd(
+    onnx_dir: Annotated[Path, typer.Option("--onnx", help="an ONNX directory written by `sleb-deploy onnx`/`export`")],
+    out: Annotated[Path, typer.Option(help="engine directory to write")],
+    backend: Annotated[str, typer.Option(help="auto (tensorrt, else tensorrt_rtx), tensorrt, tensorrt_rtx")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="largest batch of both profiles")] = 1,
+    max_input_len: Annotated[int, typer.Option(help="longest prompt (prefill profile)")] = 512,
+    max_context_len: Annotated[int, typer.Option(help="longest past + new tokens (decode profile)")] = 1024,
+    timing_cache: Annotated[Path | None, typer.Option(help="seed timing cache (e.g. the dense build's)")] = None,
+    triton: Annotated[Path | None, typer.Option(help="also write a Triton model repository here")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace existing outputs")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+) -> None:
+    """Build a TensorRT engine (prefill + decode profiles) from an exported ONNX directory."""
+    from sleb_deploy.engines import BuildConfig, build_engine, write_triton_repository
+
+    def run() -> Any:
+        cfg = BuildConfig(max_batch=max_batch, max_input_len=max_input_len, max_context_len=max_context_len)
+        built = build_engine(onnx_dir, out, cfg, backend=backend, timing_cache=timing_cache, force=force)
+        if triton is not None:
+            write_triton_repository(out, triton, force=force)
+        return built
+
+    built = run_stage(run)
+    if as_json:
+        sys.stdout.write(json.dumps(built.to_json()) + "\n")
+        return
+    typer.echo(
+        f"{built.backend} {built.backend_version}: {built.num_layers} blocks, {built.plan_bytes / 1e6:.0f} MB plan "
+        f"in {built.build_seconds:.0f} s -> {built.out_dir}"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -174,5 +174,5 @@ def _build_engines(cfg: PipelineConfig, name: str, backend: str, notify: Notify)
         )
         cache = target / "timing.cache"  # the pruned build reuses the dense build's timings
         out[variant] = str(target.absolute())
-        out[f"{variant}_seconds"] = getattr(built, "seconds", None)
+        out[f"{variant}_seconds"] = round(built.build_seconds, 1)
     return out

@@ -27,13 +27,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "opt", "phi3", "gemma3_text")
+from sleb_deploy.errors import UnsupportedModelError, UserInputError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "opt", "phi3", "gemma2", "gemma3_text")
+# (1+w) RMSNorms, sandwich norms around attention and MLP, query_pre_attn_scalar attention scale.
+_GEMMA_FAMILIES = ("gemma2", "gemma3_text")
 VARIANTS = ("opset23", "opset18")
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-
-
-class UnsupportedModelError(ValueError):
-    """Raised with a one-line message when a model cannot be exported by this module."""
 
 
 def _rope_type(params: dict[str, Any] | None) -> str:
@@ -139,7 +139,7 @@ class _Layer(nn.Module):
         self.scale = owner.scale
         self.softcap = float(getattr(cfg, "attn_logit_softcapping", None) or 0.0)
         self.act = owner.act
-        norm_kind = {"gemma3_text": "rms_gemma", "opt": "layer"}.get(self.family, "rms")
+        norm_kind = "rms_gemma" if self.family in _GEMMA_FAMILIES else ("layer" if self.family == "opt" else "rms")
         use_norm_op = self.use_op
 
         def norm(name: str) -> _Norm | None:
@@ -152,7 +152,7 @@ class _Layer(nn.Module):
             self.pre_ln = bool(cfg.do_layer_norm_before)
         else:
             self.norm_attn = norm("input_layernorm")
-            if self.family == "gemma3_text":
+            if self.family in _GEMMA_FAMILIES:
                 self.post_attn = norm("post_attention_layernorm")
                 self.norm_mlp = norm("pre_feedforward_layernorm")
                 self.post_mlp = norm("post_feedforward_layernorm")
@@ -264,7 +264,7 @@ class _Layer(nn.Module):
         assert self.norm_attn is not None and self.norm_mlp is not None
         a, pk, pv = self._attention(self.norm_attn(hidden), rope, allowed, past_k, past_v)
         a = o_proj(a)
-        if self.family == "gemma3_text":
+        if self.family in _GEMMA_FAMILIES:
             hidden = hidden + self.post_attn(a)  # type: ignore[misc]
             hidden = hidden + self.post_mlp(self._mlp(self.norm_mlp(hidden)))  # type: ignore[misc]
             return hidden, pk, pv
@@ -293,7 +293,7 @@ class ExportDecoder(nn.Module):
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
         if variant not in VARIANTS:
-            raise ValueError(f"unknown graph variant {variant!r} (choose from {', '.join(VARIANTS)})")
+            raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(VARIANTS)})")
         self.cfg = cfg
         self.family = family
         self.variant = variant
@@ -301,7 +301,7 @@ class ExportDecoder(nn.Module):
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads)
-        if family == "gemma3_text":
+        if family in _GEMMA_FAMILIES:
             self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
         else:
             self.scale = self.head_dim**-0.5
@@ -324,7 +324,7 @@ class ExportDecoder(nn.Module):
             hf_layers = list(dec.layers)
         else:
             self.embed = base.embed_tokens
-            kind = "rms_gemma" if family == "gemma3_text" else "rms"
+            kind = "rms_gemma" if family in _GEMMA_FAMILIES else "rms"
             self.final_norm = _Norm(base.norm, kind, variant == "opset23")
             hf_layers = list(base.layers)
             self._init_ropes(base.rotary_emb)
@@ -366,7 +366,7 @@ class ExportDecoder(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         s = input_ids.shape[1]
-        hidden = self.embed(input_ids)  # Gemma3's embedding module applies its sqrt(hidden) scale itself
+        hidden = self.embed(input_ids)  # Gemma2/3's embedding module applies its sqrt(hidden) scale itself
         dtype = hidden.dtype
         if self.family == "opt":
             t = attention_mask.shape[1]

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from sleb_deploy.export.decoder_module import ExportDecoder, UnsupportedModelError, empty_past
+from sleb_deploy.errors import UnsupportedModelError, UserInputError
+from sleb_deploy.export.decoder_module import ExportDecoder, empty_past
 
 DEFAULT_VARIANT = "opset23"
 OPSETS = {"opset23": 23, "opset18": 18}
@@ -139,9 +140,9 @@ def export_decoder_onnx(
     import onnx
 
     if dtype not in TORCH_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(TORCH_DTYPES)})")
+        raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(TORCH_DTYPES)})")
     if variant not in OPSETS:
-        raise ValueError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
+        raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tdtype = TORCH_DTYPES[dtype]

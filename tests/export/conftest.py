@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "opt", "phi3", "gemma3_text")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "opt", "phi3", "gemma2", "gemma3_text")
 
 
 def tiny_model(family: str, dtype: torch.dtype = torch.float32) -> Any:
     """Small random model of a family; configs exercise the family's quirks (qk-norm, bias, windows...)."""
     from transformers import (
         AutoModelForCausalLM,
+        Gemma2Config,
         Gemma3TextConfig,
         LlamaConfig,
         MistralConfig,
@@ -45,6 +46,15 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float32) -> Any:
         cfg = Qwen3Config(**common, head_dim=8)
     elif family == "phi3":
         cfg = Phi3Config(**common, pad_token_id=0, partial_rotary_factor=0.5)
+    elif family == "gemma2":
+        # attn_logit_softcapping (default 50) forces the MatMul/Softmax attention path in opset23 too.
+        cfg = Gemma2Config(
+            **common,
+            head_dim=8,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            query_pre_attn_scalar=8,
+        )
     elif family == "gemma3_text":
         cfg = Gemma3TextConfig(
             **common,

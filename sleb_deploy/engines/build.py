@@ -1,0 +1,355 @@
+"""Build a TensorRT plan from an exported ONNX directory: ``model.plan`` + ``timing.cache`` + ``engine.json``.
+
+Two backends share this code, because their Python APIs are the same for what we use:
+
+- ``tensorrt`` (extra ``[trt]``, or the NGC image in ``Dockerfile.trt``): the users' path, on NVIDIA
+  datacenter or desktop GPUs. It cannot be installed from the registries reachable in CI (its ``-libs``
+  wheels fetch the libraries from NVIDIA at install time), so this path is not exercised by the tests.
+- ``tensorrt_rtx`` (extra ``[trt-rtx]``, PyPI ``tensorrt-rtx-cu13``): TensorRT for RTX. It parses ONNX and
+  builds plans on a CPU-only machine, which is how the tests prove that the exported graph parses and that
+  this builder works for real. Its plans run only on RTX GPUs (not on Hopper/Ampere datacenter parts), and
+  its timing cache calls are no-ops (the file is still written and reused, so the contract is the same).
+
+Nothing here runs an engine: without a GPU a plan cannot even be deserialized. That is why the I/O table in
+``engine.json`` is read from the network definition during the build, not from the engine.
+
+The network is strongly typed (the engine's precision is its ONNX's, DESIGN.md section 5), the int64 inputs
+stay int64 (a host binds int64 buffers for them), and an ONNX ``Attention`` layer is marked decomposable so
+that an fp32 opset-23 graph builds where TensorRT has no fused fp32 kernel (a fused kernel is still used
+where one exists).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sleb_deploy.artifacts import check_writable_target, environment, read_manifest, staged_dir, write_json
+from sleb_deploy.engines.profiles import BuildConfig, Profile, input_names, optimization_profiles, profiles_to_json
+from sleb_deploy.errors import ArtifactError, MissingDependencyError, UserInputError
+
+SCHEMA = "sleb-deploy/engine@1"
+BACKENDS = {"tensorrt": "trt", "tensorrt_rtx": "trt-rtx"}  # module -> extra
+PLAN, CACHE, MANIFEST = "model.plan", "timing.cache", "engine.json"
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+
+# The symbolic axes of the exporter (Optimum's names), used to label the -1 dims of the I/O table.
+_AXES: dict[str, list[str]] = {
+    "input_ids": ["batch_size", "sequence_length"],
+    "attention_mask": ["batch_size", "past_sequence_length + sequence_length"],
+    "position_ids": ["batch_size", "sequence_length"],
+    "logits": ["batch_size", "sequence_length", "vocab_size"],
+    "past": ["batch_size", "num_kv_heads", "past_sequence_length", "head_dim"],
+    "present": ["batch_size", "num_kv_heads", "past_sequence_length + sequence_length", "head_dim"],
+}
+
+
+@dataclass
+class EngineResult:
+    """What ``build_engine`` produced (the same facts as ``engine.json``, for the CLI)."""
+
+    out_dir: Path
+    plan: Path
+    manifest: Path
+    backend: str
+    backend_version: str
+    num_layers: int
+    plan_bytes: int
+    build_seconds: float
+    timing_cache_reused: bool
+    peak_rss_mib: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "plan": str(self.plan),
+            "manifest": str(self.manifest),
+            "backend": self.backend,
+            "backend_version": self.backend_version,
+            "num_layers": self.num_layers,
+            "plan_bytes": self.plan_bytes,
+            "build_seconds": self.build_seconds,
+            "timing_cache_reused": self.timing_cache_reused,
+            "peak_rss_mib": self.peak_rss_mib,
+            "warnings": self.warnings,
+        }
+
+
+def select_backend(backend: str = "auto") -> tuple[str, ModuleType]:
+    """``(module name, module)``: ``tensorrt`` if importable, else ``tensorrt_rtx``; or the one asked for."""
+    import importlib
+
+    if backend not in ("auto", *BACKENDS):
+        raise UserInputError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
+    if backend != "auto":
+        from sleb_deploy._optional import require
+
+        return backend, require(backend, BACKENDS[backend])
+    for name in BACKENDS:
+        try:
+            return name, importlib.import_module(name)
+        except (ImportError, OSError):  # OSError: a wheel whose shared libraries are missing
+            continue
+    raise MissingDependencyError(
+        "building an engine needs TensorRT: on a machine with an NVIDIA GPU, pip install 'sleb-deploy[trt]' "
+        "(or use Dockerfile.trt); to check parsing and building on a CPU-only machine, "
+        "pip install 'sleb-deploy[trt-rtx]' (TensorRT for RTX; its engines run on RTX GPUs only)"
+    )
+
+
+_LOGGERS: dict[str, Any] = {}
+
+
+def _logger(trt: ModuleType) -> Any:
+    """One recording logger per backend: TensorRT keeps the first logger of a process and ignores others."""
+    if trt.__name__ not in _LOGGERS:
+
+        class Recorder(trt.ILogger):  # type: ignore[name-defined]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.messages: list[tuple[str, str]] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                if int(severity) <= int(trt.ILogger.WARNING):
+                    self.messages.append((severity.name, msg))
+
+        _LOGGERS[trt.__name__] = Recorder()
+    return _LOGGERS[trt.__name__]
+
+
+def _export_summary(onnx_dir: Path) -> dict[str, Any] | None:
+    """The upstream export.json (whole, it is small), or None when the ONNX came from elsewhere."""
+    if not (onnx_dir / "export.json").is_file():
+        return None
+    return read_manifest(onnx_dir, "export.json")
+
+
+def _find_int(data: Any, key: str) -> int | None:
+    """``key`` at the top of export.json or one level down (e.g. under ``graph``), whatever its layout."""
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get(key), int):
+        return int(data[key])
+    for value in data.values():
+        if isinstance(value, dict) and isinstance(value.get(key), int):
+            return int(value[key])
+    return None
+
+
+def _graph_dims(net: Any, onnx_path: Path) -> tuple[int, int, int]:
+    """``(num_layers, num_kv_heads, head_dim)`` read from the parsed network's inputs, checked for our names."""
+    names = [net.get_input(i).name for i in range(net.num_inputs)]
+    layers = {int(m.group(1)) for n in names if (m := _PAST.match(n))}
+    num_layers = max(layers) + 1 if layers else 0
+    if num_layers == 0 or set(names) != set(input_names(num_layers)):
+        raise ArtifactError(
+            f"{onnx_path} does not have the KV-cache inputs of a sleb-deploy export "
+            f"(input_ids, attention_mask, position_ids, past_key_values.{{i}}.key|value); got {names[:6]}..."
+        )
+    shape = list(net.get_input(names.index("past_key_values.0.key")).shape)
+    if len(shape) != 4 or shape[1] < 1 or shape[3] < 1:
+        raise ArtifactError(f"{onnx_path}: past_key_values.0.key has shape {shape}, expected [B, heads, past, dim]")
+    return num_layers, int(shape[1]), int(shape[3])
+
+
+def _io_table(net: Any) -> list[dict[str, Any]]:
+    """Name, direction, dtype and dims of every binding; -1 dims labelled with the exporter's axis names."""
+    rows = []
+    tensors = [("input", net.get_input(i)) for i in range(net.num_inputs)]
+    tensors += [("output", net.get_output(i)) for i in range(net.num_outputs)]
+    for mode, t in tensors:
+        kind = t.name if t.name in _AXES else t.name.split(".")[0].replace("past_key_values", "past")
+        labels = _AXES.get(kind, [])
+        shape = [int(d) for d in t.shape]
+        dims: list[int | str] = [labels[k] if d < 0 and k < len(labels) else d for k, d in enumerate(shape)]
+        rows.append({"name": t.name, "mode": mode, "dtype": t.dtype.name, "shape": shape, "dims": dims})
+    return rows
+
+
+def _mark_attention_decomposable(trt: ModuleType, net: Any) -> int:
+    """Allow each ONNX ``Attention`` to be decomposed (fp32 has no fused kernel); returns how many layers."""
+    kinds = tuple(
+        getattr(trt.LayerType, k) for k in ("ATTENTION_INPUT", "ATTENTION_OUTPUT") if hasattr(trt.LayerType, k)
+    )
+    boundary = getattr(trt, "IAttentionBoundaryLayer", None)
+    if not kinds or boundary is None:  # a TensorRT without the attention layer lowers ONNX Attention itself
+        return 0
+    marked = 0
+    for i in range(net.num_layers):
+        layer = net.get_layer(i)
+        if layer.type in kinds:
+            layer.__class__ = boundary  # the parser hands out ILayer; the attribute lives on the subclass
+            if layer.attention is not None and not layer.attention.decomposable:
+                layer.attention.decomposable = True
+                marked += 1
+    return marked
+
+
+def _add_profiles(builder: Any, config: Any, profiles: list[Profile]) -> None:
+    for i, prof in enumerate(profiles):
+        p = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in prof.items():
+            p.set_shape(name, lo, opt, hi)
+        if config.add_optimization_profile(p) != i:
+            raise ArtifactError(f"TensorRT rejected optimization profile {i}: {prof}")
+
+
+def _timing_cache(config: Any, timing_cache: Path | None, logger: Any) -> tuple[Any, bool]:
+    """Create the builder's timing cache, seeded from ``timing_cache`` (e.g. the dense build's) if given.
+
+    Returns the cache and whether the seed was accepted. A seed from another GPU or TensorRT version is
+    rejected and the build starts afresh (slower, not wrong). TensorRT-RTX accepts the calls but ignores
+    them and logs that it did: the seed then counts as not accepted.
+    """
+    seed = b""
+    if timing_cache is not None:
+        if not Path(timing_cache).is_file():
+            raise UserInputError(f"timing cache {timing_cache} not found (the dense build writes {CACHE})")
+        seed = Path(timing_cache).read_bytes()
+    seen = len(logger.messages)
+    with warnings.catch_warnings():  # TensorRT-RTX: deprecated no-ops, same API
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cache = config.create_timing_cache(seed)
+        accepted = bool(seed) and bool(config.set_timing_cache(cache, ignore_mismatch=False))
+        if seed and not accepted:
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+    complaints = [m for _, m in logger.messages[seen:] if "timing cache" in m.lower()]
+    return cache, accepted and not complaints
+
+
+def _peak_rss_mib() -> float | None:
+    """The process's peak resident memory (the build dominates it in the CLI; cheap, Unix only)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def _gpu() -> dict[str, Any] | None:
+    """The GPU the plan was tuned for (None on a CPU-only build); torch is a core dependency."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+
+
+def build_engine(
+    onnx_dir: Path,
+    out_dir: Path,
+    cfg: BuildConfig,
+    *,
+    backend: str = "auto",
+    timing_cache: Path | None = None,
+    force: bool = False,
+) -> EngineResult:
+    """Build ``onnx_dir/model.onnx`` into ``out_dir`` (``model.plan``, ``timing.cache``, ``engine.json``).
+
+    ``timing_cache``: a ``timing.cache`` to start from; pass the dense build's to the pruned build, which
+    has the same layer shapes and so skips most kernel timing. ``out_dir`` appears only when the build
+    succeeded; an existing one is replaced only with ``force``. Run on the GPU that will serve the plan
+    (``tensorrt``); with ``tensorrt_rtx`` the build runs on a CPU but the plan runs on RTX GPUs only.
+    """
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    onnx_path = onnx_dir / "model.onnx"
+    if not onnx_path.is_file():
+        raise ArtifactError(f"{onnx_path} not found: point at a directory written by `sleb-deploy onnx`")
+    rcfg = cfg.resolved()
+    check_writable_target(out_dir, force)  # before minutes of building
+    name, trt = select_backend(backend)
+    export = _export_summary(onnx_dir)
+    logger = _logger(trt)
+    logger.messages.clear()
+
+    builder = trt.Builder(logger)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    net = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(net, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # resolves model.onnx_data next to it
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ArtifactError(f"{name} could not parse {onnx_path}: {errors[0] if errors else 'unknown error'}")
+    num_layers, kv_heads, head_dim = _graph_dims(net, onnx_path)
+    expected = _find_int(export, "num_layers")
+    if expected is not None and expected != num_layers:
+        raise ArtifactError(f"{onnx_dir}/export.json says {expected} layers but model.onnx has {num_layers}")
+    profiles = optimization_profiles(rcfg, num_layers, kv_heads, head_dim)
+
+    config = builder.create_builder_config()
+    _add_profiles(builder, config, profiles)
+    if rcfg.builder_optimization_level is not None:
+        config.builder_optimization_level = rcfg.builder_optimization_level
+    if rcfg.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, rcfg.workspace_mib * 1024**2)
+    decomposed = _mark_attention_decomposable(trt, net) if rcfg.decomposable_attention else 0
+    cache, reused = _timing_cache(config, timing_cache, logger) if rcfg.use_timing_cache else (None, False)
+    io = _io_table(net)
+
+    started = time.perf_counter()
+    plan = builder.build_serialized_network(net, config)
+    seconds = round(time.perf_counter() - started, 3)
+    if plan is None or plan.nbytes == 0:
+        errors = [m for s, m in logger.messages if s in ("ERROR", "INTERNAL_ERROR")]
+        raise ArtifactError(f"{name} failed to build {onnx_path}: {errors[-1] if errors else 'no message'}")
+
+    with staged_dir(out_dir, force) as tmp:
+        (tmp / PLAN).write_bytes(memoryview(plan))
+        if cache is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                (tmp / CACHE).write_bytes(memoryview(cache.serialize()))
+        rss = _peak_rss_mib()
+        builder_warnings = [m for s, m in logger.messages if s == "WARNING"][:50]
+        manifest = {
+            "schema": SCHEMA,
+            "backend": {"module": name, "version": str(trt.__version__)},
+            "gpu": _gpu(),
+            "plan": PLAN,
+            "plan_bytes": int(plan.nbytes),
+            "timing_cache": {
+                "file": CACHE if cache is not None else None,
+                "seeded_from": str(Path(timing_cache).absolute()) if timing_cache is not None else None,
+                "seed_accepted": reused,
+                "honoured_by_backend": name != "tensorrt_rtx",  # TensorRT-RTX: timing cache calls are no-ops
+            },
+            "build_options": {
+                **rcfg.to_json(),
+                "strongly_typed": True,
+                "attention_layers_marked_decomposable": decomposed,
+            },
+            "precision": "from the ONNX (strongly typed network)",
+            "num_layers": num_layers,
+            "num_kv_heads": kv_heads,
+            "head_dim": head_dim,
+            "int64_inputs": [r["name"] for r in io if r["mode"] == "input" and r["dtype"] == "INT64"],
+            "profiles": profiles_to_json(profiles),
+            "io": io,
+            "source": {"onnx": str(onnx_path.absolute()), "export": export},
+            "build_seconds": seconds,
+            "peak_rss_mib": rss,
+            "builder_warnings": builder_warnings,
+            "environment": environment(),
+        }
+        write_json(tmp / MANIFEST, manifest)  # last: its presence means the directory is complete
+    out = out_dir.absolute()
+    return EngineResult(
+        out_dir=out,
+        plan=out / PLAN,
+        manifest=out / MANIFEST,
+        backend=name,
+        backend_version=str(trt.__version__),
+        num_layers=num_layers,
+        plan_bytes=int(plan.nbytes),
+        build_seconds=seconds,
+        timing_cache_reused=reused,
+        peak_rss_mib=rss,
+        warnings=builder_warnings,
+    )

@@ -1,0 +1,70 @@
+"""Write a Triton model repository (``tensorrt_plan`` platform) for a built engine, from its engine.json.
+
+Layout: ``<repo>/<name>/config.pbtxt`` + ``<repo>/<name>/1/model.plan``. ``max_batch_size`` is 0 because
+the batch dimension is explicit in every tensor (a KV cache cannot be batched by Triton's scheduler), and
+there is one instance group per optimization profile (profile "0" prefill, "1" decode): Triton picks the
+instance whose profile fits the request's shapes. The KV-cache loop stays with the client or an ensemble
+(see engines/README.md). Nothing here needs TensorRT or Triton: it is text from the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sleb_deploy.artifacts import read_manifest, staged_dir
+from sleb_deploy.errors import ArtifactError
+
+TRITON_TYPES = {
+    "INT64": "TYPE_INT64",
+    "INT32": "TYPE_INT32",
+    "FLOAT": "TYPE_FP32",
+    "HALF": "TYPE_FP16",
+    "BF16": "TYPE_BF16",
+}
+
+
+def config_pbtxt(manifest: dict[str, Any], name: str) -> str:
+    """The ``config.pbtxt`` text for the engine described by ``manifest`` (engine.json)."""
+
+    def tensor(row: dict[str, Any]) -> str:
+        if row["dtype"] not in TRITON_TYPES:
+            raise ArtifactError(f"engine.json: tensor {row['name']} has dtype {row['dtype']} with no Triton type")
+        dims = ", ".join(str(int(d)) for d in row["shape"])
+        return (
+            f'  {{\n    name: "{row["name"]}"\n    data_type: {TRITON_TYPES[row["dtype"]]}\n    dims: [ {dims} ]\n  }}'
+        )
+
+    io = manifest.get("io")
+    if not io:
+        raise ArtifactError("engine.json has no I/O table: rebuild the engine with this version of sleb-deploy")
+    inputs = ",\n".join(tensor(r) for r in io if r["mode"] == "input")
+    outputs = ",\n".join(tensor(r) for r in io if r["mode"] == "output")
+    groups = ",\n".join(
+        f'  {{\n    kind: KIND_GPU\n    count: 1\n    profile: [ "{p["index"]}" ]\n  }}  # {p["name"]}'
+        for p in manifest["profiles"]
+    )
+    return (
+        f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: 0\n'
+        f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\ninstance_group [\n{groups}\n]\n"
+    )
+
+
+def write_triton_repository(engine_dir: Path, repo_dir: Path, name: str = "model", force: bool = False) -> Path:
+    """Create ``repo_dir/name`` (config + plan, hard-linked when possible); returns that directory."""
+    engine_dir = Path(engine_dir)
+    manifest = read_manifest(engine_dir, "engine.json")
+    plan = engine_dir / manifest.get("plan", "model.plan")
+    if not plan.is_file():
+        raise ArtifactError(f"{plan} not found: {engine_dir} is not a complete engine directory")
+    target = Path(repo_dir) / name
+    with staged_dir(target, force) as tmp:
+        (tmp / "1").mkdir()
+        try:
+            os.link(plan, tmp / "1" / "model.plan")  # plans are large; same filesystem is the usual case
+        except OSError:
+            shutil.copy2(plan, tmp / "1" / "model.plan")
+        (tmp / "config.pbtxt").write_text(config_pbtxt(manifest, name))
+    return target.absolute()

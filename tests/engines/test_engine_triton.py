@@ -1,0 +1,44 @@
+"""The Triton repository writer, from a hand-made engine.json (no TensorRT needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sleb_deploy.engines.profiles import BuildConfig, optimization_profiles, profiles_to_json
+from sleb_deploy.engines.triton import write_triton_repository
+from sleb_deploy.errors import ArtifactError
+
+
+def _engine(tmp_path: Path, kv_dtype: str = "HALF") -> Path:
+    io = [{"name": n, "mode": "input", "dtype": "INT64", "shape": [-1, -1]} for n in ("input_ids", "attention_mask")]
+    io += [{"name": "past_key_values.0.key", "mode": "input", "dtype": kv_dtype, "shape": [-1, 2, -1, 8]}]
+    io += [{"name": "logits", "mode": "output", "dtype": kv_dtype, "shape": [-1, -1, 128]}]
+    profiles = profiles_to_json(optimization_profiles(BuildConfig(max_input_len=8, max_context_len=16), 1, 2, 8))
+    out = tmp_path / "engine"
+    out.mkdir()
+    (out / "model.plan").write_bytes(b"plan")
+    (out / "engine.json").write_text(json.dumps({"plan": "model.plan", "io": io, "profiles": profiles}))
+    return out
+
+
+def test_writes_repository(tmp_path: Path) -> None:
+    repo = write_triton_repository(_engine(tmp_path), tmp_path / "repo", name="tiny")
+    assert (repo / "1" / "model.plan").read_bytes() == b"plan"
+    text = (repo / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in text and "max_batch_size: 0" in text
+    assert 'name: "input_ids"\n    data_type: TYPE_INT64\n    dims: [ -1, -1 ]' in text
+    assert "data_type: TYPE_FP16\n    dims: [ -1, 2, -1, 8 ]" in text
+    assert 'profile: [ "0" ]' in text and 'profile: [ "1" ]' in text
+    with pytest.raises(ArtifactError, match="--force"):
+        write_triton_repository(tmp_path / "engine", tmp_path / "repo", name="tiny")
+
+
+def test_refuses_unknown_dtype_and_incomplete_engine(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no Triton type"):
+        write_triton_repository(_engine(tmp_path, kv_dtype="FP8"), tmp_path / "repo")
+    assert not (tmp_path / "repo" / "model").exists()
+    with pytest.raises(ArtifactError, match=r"engine\.json"):
+        write_triton_repository(tmp_path / "nothing", tmp_path / "repo")

@@ -1,0 +1,92 @@
+"""The real default model (SmolLM2-135M-Instruct, built offline from its PyPI wheel) end to end.
+
+Slow (minutes on 2 cores): the first use converts the GGUF; each export takes about a minute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sleb_deploy.data import draw_windows
+from sleb_deploy.models.adapters import adapter_for
+from sleb_deploy.models.load import load_model, load_tokenizer, resolve_model
+from sleb_deploy.prune.scoring import BlockCounter, CachedScorer, NaiveScorer
+from sleb_deploy.prune.select import sleb_select
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_model():  # type: ignore[no-untyped-def]
+    source = resolve_model("smollm2-135m")
+    return source, load_model(source), load_tokenizer(source)
+
+
+def test_zoo_model_is_a_plain_checkpoint(default_model) -> None:  # type: ignore[no-untyped-def]
+    source, model, tokenizer = default_model
+    assert source.kind == "zoo" and source.checksum
+    cfg = model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_key_value_heads) == ("llama", 30, 576, 3)
+    assert cfg.rope_parameters["rope_theta"] == 100000.0
+    assert not hasattr(cfg, "quantization_config")
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0])  # the dequantized weights are a working model
+
+
+def test_cached_and_naive_scorers_agree(default_model) -> None:  # type: ignore[no-untyped-def]
+    _, model, tokenizer = default_model
+    windows, spec = draw_windows(tokenizer, "wiki-articles", 2, 64, seed=0)
+    assert spec.tokens == 128 and spec.source_tokens > 500_000
+    blocks = list(adapter_for(model).blocks(model))
+    runs = {}
+    for name, cls in (("naive", NaiveScorer), ("cached", CachedScorer)):
+        counter = BlockCounter(blocks)
+        runs[name] = (sleb_select(30, 2, cls(model, windows, batch_size=2)), counter.count)
+        counter.close()
+    (naive, naive_count), (cached, cached_count) = runs["naive"], runs["cached"]
+    assert [p.removed for p in cached] == [p.removed for p in naive]
+    for pc, pn in zip(cached, naive, strict=True):
+        for b in pn.scores:
+            assert pc.scores[b] == pytest.approx(pn.scores[b], rel=1e-4)
+    assert cached_count <= 0.55 * naive_count
+
+
+def test_pruned_default_model_onnx_generation(default_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Prune (given blocks), reload, and check torch and ONNX Runtime greedy tokens, dense and pruned."""
+    from transformers import AutoModelForCausalLM
+
+    from sleb_deploy.export.ort_generate import OrtGenerator
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+    from sleb_deploy.prune.stage import PruneConfig, prune
+
+    source, model, tokenizer = default_model
+    removed = [20, 24, 25, 26, 22, 21]
+    cfg = PruneConfig(blocks=removed, out=tmp_path / "hf", eval_windows=2, seq_len=64)
+    result = prune(cfg)
+    assert result.perplexity["pruned"]["ppl"] > result.perplexity["dense"]["ppl"] > 1
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert pruned.config.num_hidden_layers == 24
+
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["The river Thames flows through", "Photosynthesis is"], return_tensors="pt", padding=True)
+    blocks = adapter_for(model).blocks(model)
+    hooks = [blocks[i].register_forward_hook(lambda m, a, o: a[0]) for i in removed]
+    skipped = model.generate(**batch, max_new_tokens=12, do_sample=False)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(pruned.generate(**batch, max_new_tokens=12, do_sample=False), skipped)
+
+    for name, checkpoint in (("dense", source.location), ("pruned", str(tmp_path / "hf"))):
+        fp32 = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        ref = fp32.generate(**batch, max_new_tokens=12, do_sample=False)
+        exported = export_checkpoint(checkpoint, tmp_path / name, ExportConfig())
+        assert exported.validation["status"] == "passed"
+        got = OrtGenerator(tmp_path / name / "model.onnx").generate(
+            batch["input_ids"].numpy(), batch["attention_mask"].numpy(), max_new_tokens=12
+        )
+        np.testing.assert_array_equal(got, ref.numpy(), err_msg=f"{name}: ORT and transformers tokens differ")

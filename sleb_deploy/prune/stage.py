@@ -244,8 +244,6 @@ def _run_sleb(
         return scorer(alive, candidates)
 
     def save(phases: list[Phase]) -> None:
-        if isinstance(scorer, CachedScorer) and scorer.last_alive_nll is not None:
-            phases[-1].extra["nll_before"] = scorer.last_alive_nll
         state["phase"] = len(phases)
         ppath.parent.mkdir(parents=True, exist_ok=True)
         write_json(ppath, {"fingerprint": fingerprint, "phases": [p.to_json() for p in phases]})

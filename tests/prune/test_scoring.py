@@ -66,9 +66,9 @@ def test_cached_equals_naive(family: str) -> None:
         assert pc.scores.keys() == pn.scores.keys()
         for b in pc.scores:
             assert pc.scores[b] == pytest.approx(pn.scores[b], rel=1e-4)
-    # block forwards per window: naive (n-2)(n-1) vs cached (n-2)(n-1)/2 + n per phase, n = 8, 7, 6
+    # block forwards per window: naive (n-2)(n-1) vs cached (n-2)(n-1)/2 + (n-2) per phase, n = 8, 7, 6
     assert results["naive"][1] == 4 * sum((n - 2) * (n - 1) for n in (8, 7, 6))
-    assert results["cached"][1] == 4 * sum((n - 2) * (n - 1) // 2 + n for n in (8, 7, 6))
+    assert results["cached"][1] == 4 * sum((n - 2) * (n - 1) // 2 + (n - 2) for n in (8, 7, 6))
 
 
 def test_cached_scorer_reaches_last_block_without_latter_barrier() -> None:

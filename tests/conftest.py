@@ -26,3 +26,31 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:  # t
     model = tiny_model("llama", num_layers=6)
     make_identity(model, 3)
     return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "tiny-llama")
+
+
+# --- the real default model (slow tests): one pruned checkpoint and one export each, shared by all tests ---
+
+DEFAULT_PRUNED_BLOCKS = [20, 24, 25, 26, 22, 21]
+
+
+@pytest.fixture(scope="session")
+def default_pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M with six given blocks removed (no search), as `sleb-deploy prune --blocks` writes it."""
+    from sleb_deploy.prune.stage import PruneConfig, prune
+
+    out = tmp_path_factory.mktemp("default") / "hf-pruned"
+    prune(PruneConfig(blocks=DEFAULT_PRUNED_BLOCKS, out=out, eval_windows=2, seq_len=64))
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_exports(tmp_path_factory: pytest.TempPathFactory, default_pruned: Path) -> dict[str, Path]:
+    """Dense and pruned default model exported as the CLI does by default (fp32, opset23, full logits)."""
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+    from sleb_deploy.models.load import resolve_model
+
+    base = tmp_path_factory.mktemp("default-onnx")
+    dense = resolve_model("smollm2-135m").location
+    export_checkpoint(dense, base / "dense", ExportConfig())
+    export_checkpoint(str(default_pruned), base / "pruned", ExportConfig())
+    return {"dense": base / "dense", "pruned": base / "pruned", "dense_hf": Path(dense), "pruned_hf": default_pruned}

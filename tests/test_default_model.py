@@ -5,7 +5,7 @@ Slow (minutes on 2 cores): the first use converts the GGUF; each export takes ab
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import numpy as np
 import pytest
@@ -56,37 +56,37 @@ def test_cached_and_naive_scorers_agree(default_model) -> None:  # type: ignore[
     assert cached_count <= 0.55 * naive_count
 
 
-def test_pruned_default_model_onnx_generation(default_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Prune (given blocks), reload, and check torch and ONNX Runtime greedy tokens, dense and pruned."""
+def test_pruned_default_model_onnx_generation(default_model, default_exports) -> None:  # type: ignore[no-untyped-def]
+    """The pruned checkpoint equals the dense model with those blocks skipped; ORT greedy tokens equal
+    transformers' for the dense and the pruned export."""
+    from conftest import DEFAULT_PRUNED_BLOCKS
     from transformers import AutoModelForCausalLM
 
     from sleb_deploy.export.ort_generate import OrtGenerator
-    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
-    from sleb_deploy.prune.stage import PruneConfig, prune
 
-    source, model, tokenizer = default_model
-    removed = [20, 24, 25, 26, 22, 21]
-    cfg = PruneConfig(blocks=removed, out=tmp_path / "hf", eval_windows=2, seq_len=64)
-    result = prune(cfg)
-    assert result.perplexity["pruned"]["ppl"] > result.perplexity["dense"]["ppl"] > 1
-    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert pruned.config.num_hidden_layers == 24
+    _, model, tokenizer = default_model
+    pruned_dir = default_exports["pruned_hf"]
+    manifest = json.loads((pruned_dir / "sleb.json").read_text())
+    ppl = manifest["perplexity"]
+    assert ppl["pruned"]["ppl"] > ppl["dense"]["ppl"] > 1
+    pruned = AutoModelForCausalLM.from_pretrained(pruned_dir).eval()
+    assert pruned.config.num_hidden_layers == 30 - len(DEFAULT_PRUNED_BLOCKS)
 
     tokenizer.padding_side = "left"
     batch = tokenizer(["The river Thames flows through", "Photosynthesis is"], return_tensors="pt", padding=True)
     blocks = adapter_for(model).blocks(model)
-    hooks = [blocks[i].register_forward_hook(lambda m, a, o: a[0]) for i in removed]
+    hooks = [blocks[i].register_forward_hook(lambda m, a, o: a[0]) for i in DEFAULT_PRUNED_BLOCKS]
     skipped = model.generate(**batch, max_new_tokens=12, do_sample=False)
     for h in hooks:
         h.remove()
     assert torch.equal(pruned.generate(**batch, max_new_tokens=12, do_sample=False), skipped)
 
-    for name, checkpoint in (("dense", source.location), ("pruned", str(tmp_path / "hf"))):
-        fp32 = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    for name in ("dense", "pruned"):
+        exported = json.loads((default_exports[name] / "export.json").read_text())
+        assert exported["validation"]["status"] == "passed"
+        fp32 = AutoModelForCausalLM.from_pretrained(default_exports[f"{name}_hf"], dtype=torch.float32).eval()
         ref = fp32.generate(**batch, max_new_tokens=12, do_sample=False)
-        exported = export_checkpoint(checkpoint, tmp_path / name, ExportConfig())
-        assert exported.validation["status"] == "passed"
-        got = OrtGenerator(tmp_path / name / "model.onnx").generate(
+        got = OrtGenerator(default_exports[name] / "model.onnx").generate(
             batch["input_ids"].numpy(), batch["attention_mask"].numpy(), max_new_tokens=12
         )
         np.testing.assert_array_equal(got, ref.numpy(), err_msg=f"{name}: ORT and transformers tokens differ")

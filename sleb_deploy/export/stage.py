@@ -91,15 +91,51 @@ def _pruning_summary(source: ModelSource) -> dict[str, Any]:
     }
 
 
-def _host_config(model: Any) -> dict[str, Any]:
-    """config.json for hosts; also spells rope_theta flat, since transformers < 4.58 (Optimum's) ignores
-    `rope_parameters` and would silently fall back to its default base."""
+def _legacy_rope(rope: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    theta = rope.get("rope_theta")
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    plain = scaling.get("rope_type", "default") == "default" and set(scaling) <= {"rope_type"}
+    return theta, None if plain else scaling
+
+
+def _host_config(model: Any, dtype: str) -> dict[str, Any]:
+    """config.json for hosts, readable by transformers 5 and by the transformers < 4.58 that Optimum needs.
+
+    Old transformers ignores `rope_parameters` and silently falls back to its default rope base (measured: a
+    10000 base instead of 100000 on the default model), so the rope settings are also spelled the old way:
+    `rope_theta`, `rope_scaling`, `partial_rotary_factor`, and Gemma-3's per-layer-type `rope_local_base_freq`.
+    `dtype` is the graph's precision; `torch_dtype` repeats it for transformers < 4.56.
+    """
     config: dict[str, Any] = model.config.to_dict()
     rope = config.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in config:
-        config["rope_theta"] = rope["rope_theta"]
+    if isinstance(rope, dict):
+        if "rope_theta" in rope or "rope_type" in rope:
+            theta, scaling = _legacy_rope(rope)
+        else:  # one entry per layer type (Gemma-3)
+            theta, scaling = _legacy_rope(rope.get("full_attention", {}))
+            local = rope.get("sliding_attention", {}).get("rope_theta")
+            if local is not None:
+                config.setdefault("rope_local_base_freq", local)
+        if theta is not None:
+            config.setdefault("rope_theta", theta)
+        if scaling is not None and not config.get("rope_scaling"):
+            config["rope_scaling"] = scaling
+        if "partial_rotary_factor" in rope:
+            config.setdefault("partial_rotary_factor", rope["partial_rotary_factor"])
+    config["dtype"] = config["torch_dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype]
     config["use_cache"] = True
     return config
+
+
+def _legacy_tokenizer_config(directory: Path) -> None:
+    """transformers 5 names its fast tokenizer class `TokenizersBackend`, which transformers < 5 cannot load;
+    `PreTrainedTokenizerFast` loads the same tokenizer.json in both."""
+    path = directory / "tokenizer_config.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("tokenizer_class") == "TokenizersBackend":
+            data["tokenizer_class"] = "PreTrainedTokenizerFast"
+            write_json(path, data)
 
 
 def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportResult:
@@ -126,9 +162,10 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportRe
             external_data=cfg.external_data,
         )
         validation = _validate(model, tmp / "model.onnx", cfg, validate_against_torch)
-        write_json(tmp / "config.json", _host_config(model))
+        write_json(tmp / "config.json", _host_config(model, cfg.dtype))
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _legacy_tokenizer_config(tmp)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         result = ExportResult(
             out=out.absolute(),

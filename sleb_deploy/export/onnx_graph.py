@@ -14,6 +14,10 @@ check it is portable: no ``If``/``Loop`` nodes, default ONNX domain only (Tensor
 from __future__ import annotations
 
 import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +114,21 @@ def _trim_unused_outputs(proto: Any) -> None:
         node.output.extend(outs)
 
 
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (torchvision registrations, axis renames, deprecations) on stderr:
+    our own output says what happened, and validation checks the result."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def check_portable(proto: Any) -> list[str]:
     """Problems that would stop TensorRT: control flow or non-default-domain ops (empty list = fine)."""
     problems = []
@@ -168,7 +187,7 @@ def export_decoder_onnx(
             dyn_in["position_ids"],
             tuple(dyn_in[n] for n in ins[3:]),
         )
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 wrapper,
                 tuple(example),

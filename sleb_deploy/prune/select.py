@@ -59,11 +59,10 @@ def num_to_remove(num_blocks: int, remove: int | None, ratio: float | None) -> i
     """K from `--remove K` or `--ratio r` (K = ceil(r * N), as 16 of 80 and 8 of 40 in the SLEB README)."""
     if (remove is None) == (ratio is None):
         raise UserInputError("give exactly one of --remove K or --ratio R")
-    if ratio is not None:
-        if not 0.0 < ratio < 1.0:
+    if remove is None:
+        if ratio is None or not 0.0 < ratio < 1.0:
             raise UserInputError(f"--ratio {ratio} must lie strictly between 0 and 1")
         remove = max(1, math.ceil(ratio * num_blocks - 1e-9))
-    assert remove is not None
     if remove < 1:
         raise UserInputError(f"--remove {remove}: remove at least one block")
     if remove >= num_blocks:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from defaults import DEFAULT_PRUNED_BLOCKS
 from tiny import TEXT, save_checkpoint, tiny_model, train_tokenizer
 
 
@@ -29,8 +30,6 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:  # t
 
 
 # --- the real default model (slow tests): one pruned checkpoint and one export each, shared by all tests ---
-
-DEFAULT_PRUNED_BLOCKS = [20, 24, 25, 26, 22, 21]
 
 
 @pytest.fixture(scope="session")

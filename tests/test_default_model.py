@@ -59,7 +59,7 @@ def test_cached_and_naive_scorers_agree(default_model) -> None:  # type: ignore[
 def test_pruned_default_model_onnx_generation(default_model, default_exports) -> None:  # type: ignore[no-untyped-def]
     """The pruned checkpoint equals the dense model with those blocks skipped; ORT greedy tokens equal
     transformers' for the dense and the pruned export."""
-    from conftest import DEFAULT_PRUNED_BLOCKS
+    from defaults import DEFAULT_PRUNED_BLOCKS
     from transformers import AutoModelForCausalLM
 
     from sleb_deploy.export.ort_generate import OrtGenerator

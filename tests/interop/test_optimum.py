@@ -88,7 +88,7 @@ def test_optimum_generates_our_tokens_dense(default_exports: dict[str, Path], tm
 
 @needs_optimum
 def test_optimum_generates_our_tokens_pruned(default_exports: dict[str, Path], tmp_path: Path) -> None:
-    from conftest import DEFAULT_PRUNED_BLOCKS
+    from defaults import DEFAULT_PRUNED_BLOCKS
 
     config = json.loads((default_exports["pruned"] / "config.json").read_text())
     assert config["num_hidden_layers"] == 30 - len(DEFAULT_PRUNED_BLOCKS)

@@ -90,14 +90,19 @@ def _version(dist: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    """HEAD of the checkout the package runs from, with "-dirty" when the working tree has changes."""
     here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
-        )
+        head = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None
+    return (head + ("-dirty" if dirty else "")) or None
 
 
 def environment() -> dict[str, Any]:

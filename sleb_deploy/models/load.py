@@ -33,7 +33,7 @@ class ModelSource:
     spec: str
     kind: str  # "local" | "zoo" | "hub"
     location: str  # a directory, or the hub id
-    checksum: str | None  # sha256 over the weight files (see `_weights_checksum`)
+    checksum: str | None  # zoo: sha256 of model.safetensors; local: `_weights_checksum`; hub: None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,8 +61,8 @@ def _weights_checksum(directory: Path) -> str:
 def resolve_model(spec: str) -> ModelSource:
     """Turn `--model` into a source; a local path that does not exist is an error, not a hub lookup."""
     if spec in ZOO:
-        directory = ensure_zoo_model(spec)
-        return ModelSource(spec, "zoo", str(directory), _weights_checksum(directory))
+        directory, weights_sha256 = ensure_zoo_model(spec)  # already verified: no second hash of the weights
+        return ModelSource(spec, "zoo", str(directory), weights_sha256)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -56,19 +56,19 @@ def zoo_dir(alias: str) -> Path:
     return cache_dir() / "models" / alias
 
 
-def ensure_zoo_model(alias: str) -> Path:
-    """The converted HF directory of a built-in alias, building it on first use."""
+def ensure_zoo_model(alias: str) -> tuple[Path, str]:
+    """The converted HF directory of a built-in alias and its weights' sha256, building it on first use."""
     spec = ZOO[alias]
     target = zoo_dir(alias)
     manifest = target / ZOO_MANIFEST
     if manifest.is_file():
-        recorded = json.loads(manifest.read_text())["model_sha256"]
+        recorded = str(json.loads(manifest.read_text())["model_sha256"])
         weights = target / "model.safetensors"
         if weights.is_file() and sha256_file(weights) == recorded:
-            return target
+            return target, recorded
         print(f"{target} is damaged (checksum mismatch); rebuilding it", file=sys.stderr)
     _build(spec, target)
-    return target
+    return target, str(json.loads(manifest.read_text())["model_sha256"])
 
 
 def _build(spec: ZooModel, target: Path) -> None:

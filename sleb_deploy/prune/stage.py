@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class PruneResult:
     block_forwards: int
     seconds: float
     resumed_phases: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,7 +87,6 @@ class PruneResult:
             "block_forwards": self.block_forwards,
             "seconds": round(self.seconds, 2),
             "resumed_phases": self.resumed_phases,
-            **self.extra,
         }
 
 
@@ -240,16 +238,13 @@ def _run_sleb(
     scorer_cls = CachedScorer if cfg.scorer == "cached" else NaiveScorer
     scorer = scorer_cls(model, windows, cfg.batch_size, progress)
 
-    def score_phase(alive: list[int], candidates: list[int]) -> dict[int, float]:
-        return scorer(alive, candidates)
-
     def save(phases: list[Phase]) -> None:
         state["phase"] = len(phases)
         ppath.parent.mkdir(parents=True, exist_ok=True)
         write_json(ppath, {"fingerprint": fingerprint, "phases": [p.to_json() for p in phases]})
 
     try:
-        phases = sleb_select(n, k, score_phase, cfg.early_barrier, cfg.latter_barrier, done, save)
+        phases = sleb_select(n, k, scorer, cfg.early_barrier, cfg.latter_barrier, done, save)
     except KeyboardInterrupt:
         saved = state["phase"]
         raise PruneInterrupted(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from defaults import DEFAULT_PRUNED_BLOCKS
-from tiny import TEXT, save_checkpoint, tiny_model, train_tokenizer
+from tiny import TEXT, ExportCache, save_checkpoint, tiny_model, train_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +17,14 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("text") / "calib.txt"
     path.write_text(TEXT)
     return path
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> ExportCache:
+    """Tiny-model ONNX exports, each made once per session."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    return ExportCache(tmp_path_factory.mktemp("onnx"))
 
 
 @pytest.fixture(scope="session")

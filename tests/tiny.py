@@ -26,13 +26,17 @@ TEXT = (
 ) * 60
 
 
-def tiny_config(family: str, num_layers: int = 6) -> Any:
+def tiny_config(family: str, num_layers: int = 6, **overrides: Any) -> Any:
+    """A small config per family that exercises its quirks: GQA everywhere, q/k norms and an explicit head_dim
+    (Qwen3, Gemma), partial rotary (Phi-3), sliding windows shorter than the test prompts and logit softcaps
+    (Gemma-2 attention, Gemma-3 final), OPT's project_in/out. ``overrides``: config fields to change."""
     import transformers as tf
 
     if family == "opt":
         return tf.OPTConfig(
             vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=num_layers, num_attention_heads=4,
-            word_embed_proj_dim=32, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            word_embed_proj_dim=16, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            **overrides,
         )  # fmt: skip
     cls = {
         "llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config,
@@ -41,17 +45,28 @@ def tiny_config(family: str, num_layers: int = 6) -> Any:
     extra: dict[str, Any] = {}
     if family in ("qwen3", "gemma2", "gemma3_text"):
         extra["head_dim"] = 8
+    if family == "mistral":
+        extra["sliding_window"] = None
+    if family == "phi3":
+        extra["partial_rotary_factor"] = 0.5
     if family in ("gemma2", "gemma3_text"):
-        extra.update(sliding_window=16, query_pre_attn_scalar=8)
-        extra["layer_types"] = ["sliding_attention" if i % 3 != 2 else "full_attention" for i in range(num_layers)]
+        # Gemma-2's attn_logit_softcapping (default 50) sends it down the MatMul/Softmax attention path.
+        extra.update(sliding_window=4, query_pre_attn_scalar=8 if family == "gemma2" else 16)
+        extra["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    if family == "gemma3_text":
+        extra["final_logit_softcapping"] = 30.0
     if family == "qwen2":
         extra["layer_types"] = ["full_attention"] * num_layers
-    return cls(num_hidden_layers=num_layers, **_COMMON, **extra)
+    return cls(num_hidden_layers=num_layers, **{**_COMMON, **extra, **overrides})
 
 
-def tiny_model(family: str, num_layers: int = 6, seed: int = 0) -> Any:
+def tiny_model(family: str, num_layers: int = 6, seed: int = 0, *, scaled: bool = True, **overrides: Any) -> Any:
+    """A random fp32 model of ``tiny_config``. ``scaled``: weights scaled up (pruning tests, see below); the
+    export tests keep transformers' own small init, whose activations suit fixed numeric tolerances."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, num_layers), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, num_layers, **overrides), dtype=torch.float32)
+    if not scaled:
+        return model.eval()
     # Random init leaves blocks tiny and logits flat; scale weights up so blocks differ measurably and the
     # model is confident about its own greedy text (the known-answer tests rely on that).
     with torch.no_grad():
@@ -61,6 +76,34 @@ def tiny_model(family: str, num_layers: int = 6, seed: int = 0) -> Any:
             elif family.startswith("gemma") and "post_" in name:
                 p.fill_(5.0)  # Gemma norms block outputs; (1 + 5) lets blocks outweigh the scaled embedding
     return model.eval()
+
+
+class ExportCache:
+    """Exports each tiny (family, variant, dtype, last-logits, layers) once per session (the ``exports``
+    fixture); the model is ``tiny_model(family, num_layers, scaled=False)``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.done: dict[tuple[str, str, str, bool, int], tuple[Any, Path, Any]] = {}
+
+    def get(
+        self, family: str, variant: str | None = None, dtype: str = "fp32", last: bool = False, num_layers: int = 3
+    ) -> tuple[Any, Path, Any]:
+        """(fp32 torch model, path of model.onnx, GraphSpec)."""
+        import warnings
+
+        from sleb_deploy.export.onnx_graph import DEFAULT_VARIANT, export_decoder_onnx
+
+        variant = variant or DEFAULT_VARIANT
+        key = (family, variant, dtype, last, num_layers)
+        if key not in self.done:
+            model = tiny_model(family, num_layers, scaled=False)
+            out = self.root / f"{family}-{variant}-{dtype}-{int(last)}-{num_layers}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                spec = export_decoder_onnx(model, out, dtype=dtype, variant=variant, last_logits_only=last)
+            self.done[key] = (model, out / "model.onnx", spec)
+        return self.done[key]
 
 
 def make_identity(model: Any, block: int) -> None:

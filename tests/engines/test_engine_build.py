@@ -12,13 +12,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OnnxDirs
+from tiny import ExportCache
 
 from sleb_deploy.engines import BuildConfig, build_engine
 from sleb_deploy.engines.profiles import input_names
 from sleb_deploy.errors import ArtifactError, MissingDependencyError, UserInputError
 
 CFG = BuildConfig(max_batch=2, max_input_len=16, max_context_len=32)
+
+
+class OnnxDirs:
+    """Tiny llama export dirs; fp16 ones get an export.json like the export stage's, the fp32 ones stand for
+    an ONNX made elsewhere (no manifest)."""
+
+    def __init__(self, exports: ExportCache) -> None:
+        self.exports = exports
+
+    def get(self, dtype: str = "fp32", num_layers: int = 3) -> Path:
+        _, path, spec = self.exports.get("llama", dtype=dtype, num_layers=num_layers)
+        if dtype != "fp32" and not (path.parent / "export.json").exists():
+            (path.parent / "export.json").write_text(json.dumps({"schema": "test", "graph": spec.to_dict()}))
+        return path.parent
+
+
+@pytest.fixture
+def onnx_dirs(exports: ExportCache) -> OnnxDirs:
+    pytest.importorskip("onnx")
+    return OnnxDirs(exports)
 
 
 def _outputs(num_layers: int) -> list[str]:

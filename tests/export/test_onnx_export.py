@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.export.conftest import FAMILIES, ExportCache, tiny_model
+from tiny import FAMILIES, VOCAB, ExportCache, tiny_model
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("SLEB_REGEN_GOLDEN") == "1"
@@ -41,19 +40,25 @@ def test_fp16_llama(exports: ExportCache) -> None:
     from sleb_deploy.export.validate import validate_against_torch
 
     _, path, _ = exports.get("llama", dtype="fp16")
-    res = validate_against_torch(tiny_model("llama").half(), path)
+    res = validate_against_torch(tiny_model("llama", 3, scaled=False).half(), path)
     assert res["max_logits"] < 2e-2 and res["max_kv"] < 2e-2, res
 
 
-def test_last_logits_only(exports: ExportCache) -> None:
+@pytest.mark.parametrize(
+    ("family", "variant"), [("llama", "opset23"), ("llama", "opset18"), ("gemma2", "opset23"), ("opt", "opset23")]
+)
+def test_last_logits_only(exports: ExportCache, family: str, variant: str) -> None:
+    """The last block runs its queries, MLP and residual for the last position only (Attention op, the
+    MatMul path Gemma-2's softcap takes, OPT's wiring); its presents still hold every position."""
     from sleb_deploy.export.onnx_graph import io_signature
     from sleb_deploy.export.validate import validate_against_torch
 
-    model, path, _ = exports.get("llama", last=True)
+    model, path, _ = exports.get(family, variant, last=True)
     sig = io_signature(path)
-    assert sig["outputs"][0]["dims"] == ["batch_size", 1, 128]
-    res = validate_against_torch(model, path)
-    assert res["max_logits"] < 1e-4, res
+    assert sig["outputs"][0]["dims"] == ["batch_size", 1, VOCAB]
+    res = validate_against_torch(model, path, batch=2, prompt_len=7, decode_steps=2, left_pad=True)
+    assert res["max_logits"] < 1e-4 and res["max_kv"] < 1e-4, res
+    assert [s["present_len"] for s in res["steps"]] == [7, 8, 9]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -94,7 +99,7 @@ def test_external_data(tmp_path: Path) -> None:
     from sleb_deploy.export.onnx_graph import export_decoder_onnx
     from sleb_deploy.export.validate import validate_against_torch
 
-    model = tiny_model("llama")
+    model = tiny_model("llama", 3, scaled=False)
     spec = export_decoder_onnx(model, tmp_path, external_data=True)
     assert spec.external_data and (tmp_path / "model.onnx_data").exists()
     res = validate_against_torch(model, tmp_path / "model.onnx", decode_steps=1)
@@ -118,10 +123,19 @@ def test_ort_generator_matches_hf_generate(exports: ExportCache) -> None:
     from sleb_deploy.export.validate import make_inputs
 
     model, path, _ = exports.get("llama")
-    ids, mask = make_inputs(2, 6, 128, left_pad=True, seed=3)
+    ids, mask = make_inputs(2, 6, VOCAB, left_pad=True, seed=3)
     with torch.no_grad():
         ref = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None
         )
     got = OrtGenerator(path).generate(ids.numpy(), mask.numpy(), max_new_tokens=5)
     np.testing.assert_array_equal(got, ref.numpy())
+
+
+def test_exporter_covers_every_prunable_family() -> None:
+    """The exporter keeps its own family list (it re-implements each forward); it must name exactly the
+    families the pruning stage has adapters for, and the tiny models here must cover them all."""
+    from sleb_deploy.export.decoder_module import SUPPORTED_MODEL_TYPES as exportable
+    from sleb_deploy.models.adapters import SUPPORTED_MODEL_TYPES as prunable
+
+    assert sorted(exportable) == sorted(prunable) == sorted(FAMILIES)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from tests.export.conftest import ExportCache
+from tiny import ExportCache
 
 
 def _parse_and_build(path: str, build: bool) -> None:

@@ -1,4 +1,5 @@
-"""Tiny random models of every supported family, a real (trained-here) tokenizer, and a local text.
+"""Tiny random models of every supported family, their ONNX exports (cached per session), a real
+(trained-here) tokenizer, and a local text. The one place tests get a tiny model from.
 
 No downloads: configs are built in code, the tokenizer is a byte-level BPE trained on the test text.
 """

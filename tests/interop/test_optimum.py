@@ -61,16 +61,21 @@ def _case(export_dir: Path, case_path: Path) -> dict:
     return case
 
 
-def _run_check(export_dir: Path, tmp_path: Path) -> dict:
-    case = _case(export_dir, tmp_path / "case.json")
+def _optimum_check(export_dir: Path, case_path: Path) -> subprocess.CompletedProcess[str]:
+    """optimum_check.py in the Optimum environment, on our directory and case."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    proc = subprocess.run(
-        [str(OPTIMUM_PYTHON), str(CHECK), str(export_dir), str(tmp_path / "case.json")],
+    return subprocess.run(
+        [str(OPTIMUM_PYTHON), str(CHECK), str(export_dir), str(case_path)],
         capture_output=True,
         text=True,
         env=env,
         timeout=900,
     )
+
+
+def _run_check(export_dir: Path, tmp_path: Path) -> dict:
+    case = _case(export_dir, tmp_path / "case.json")
+    proc = _optimum_check(export_dir, tmp_path / "case.json")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     report = json.loads(lines[-1]) if lines else {}
     assert proc.returncode == 0, (
@@ -130,14 +135,7 @@ def test_optimum_cannot_drive_gqa_gemma2(tokenizer: object, tmp_path: Path) -> N
     """Documents the limitation above (fails once Optimum sizes Gemma-2's cache from its KV heads)."""
     export_dir = _tiny_export("gemma2", tokenizer, tmp_path)
     _case(export_dir, tmp_path / "case.json")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    proc = subprocess.run(
-        [str(OPTIMUM_PYTHON), str(CHECK), str(export_dir), str(tmp_path / "case.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    proc = _optimum_check(export_dir, tmp_path / "case.json")
     assert proc.returncode != 0
     assert re.search(r"invalid dimensions for input: past_key_values\.\d+\.(key|value)", proc.stderr)
     assert "index: 1 Got: 4 Expected: 2" in proc.stderr  # 4 query heads fed where the graph has 2 KV heads

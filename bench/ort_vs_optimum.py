@@ -269,6 +269,7 @@ def main() -> None:
 
     if not (args.optimum_venv / "bin" / "optimum-cli").is_file():
         sys.exit(f"no Optimum environment at {args.optimum_venv}: run `bash bench/optimum_env.sh` first")
+    env = environment()  # before anything is written: the commit (and -dirty) of the code that runs
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = args.model_dir or Path(resolve_model("smollm2-135m").location)
     paths = {"ours": export_ours(args.work, False) / "model.onnx"}
@@ -301,7 +302,6 @@ def main() -> None:
         prof = profile(
             real, paths, (worst["shape"].replace(" ", "_"), worst["batch"], worst["seq"], worst["past"]), args.work
         )
-    env = environment()
     env["optimum_env"] = _optimum_versions(args.optimum_venv)
     env["ort_threads"] = {"global_intra_op": args.threads or "default (cores)", "per_session_threads": False}
     env["load_avg_before"], env["load_avg_after"] = load_before, load_after

@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="cpu", help="result file suffix, e.g. cpu or h200")
     args = ap.parse_args()
+    env = environment()  # before anything is written: the commit (and -dirty) of the code that runs
 
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
@@ -92,7 +93,7 @@ def main() -> None:
         "calibration": spec.to_json(),
         "phases": rows,
         "summary": summary,
-        "environment": environment(),
+        "environment": env,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"scorer_{args.tag}.json").write_text(json.dumps(record, indent=2) + "\n")

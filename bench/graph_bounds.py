@@ -7,8 +7,9 @@ cheaper. `strip_glue` rewrites each glue node of our exported graph into an `Ide
 input (ONNX Runtime then removes it), so the result keeps exactly the GEMMs, layouts, KV concats and
 attention nodes of the real graph. Its outputs are numerically meaningless; only its time is.
 
-If a bound's latency is already above a target ratio, no graph with these weights, this dtype and this
-runtime can meet that target.
+The layout ops (Reshape/Transpose/Split into the cache's head layout) stay, so these bound graphs laid out
+like ours; they cost a few percent of a prefill by ONNX Runtime's profile. If a bound's latency is already
+above a target ratio, no such graph with these weights, this dtype and this runtime can meet that target.
 """
 
 from __future__ import annotations

@@ -408,9 +408,10 @@ def markdown(r: dict) -> str:
             "`bound_core` is our graph with the norms, rotary, activation, gating and residual adds cut out: "
             "the weight GEMMs, the KV concats and ONNX Runtime's Attention op are left. `bound_gemm` also drops "
             "attention: the GEMMs and the `present = concat(past, new)` copies that Optimum's I/O forces on any "
-            "graph. Their outputs are meaningless; their times are lower bounds, `bound_gemm` for any graph on "
-            "these weights, dtype and runtime, `bound_core` for any graph that uses the Attention op. Where a "
-            "bound is above the target, no such graph meets it at that shape.",
+            "graph. Both keep our graph's layout ops (reshape/transpose/split; a few percent of a prefill by "
+            "ORT's profile, less at decode). Their outputs are meaningless; their times are lower bounds, "
+            "`bound_gemm` for graphs laid out like ours on these weights, dtype and runtime, `bound_core` for "
+            "those that also use the Attention op. Where a bound is above the target, no such graph meets it.",
         ]
     out += ["", "| graph | nodes | opset | size (MB) | most frequent ops |", "|---|---|---|---|---|"]
     for n, g in r["graphs"].items():

@@ -23,6 +23,14 @@ app = typer.Typer(
 
 T = TypeVar("T")
 
+# Shared by `onnx` and `export`.
+LastLogitsOnly = Annotated[
+    bool,
+    typer.Option(
+        help="logits for the last position only: prefill skips the vocabulary head for the other prompt tokens"
+    ),
+]
+
 
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
@@ -177,12 +185,7 @@ def onnx_cmd(
     out: Annotated[Path | None, typer.Option(help="output directory [default: export/<model>/onnx]")] = None,
     dtype: Annotated[str, typer.Option(help="fp32, fp16 or bf16 (the engine's precision follows it)")] = "fp32",
     variant: Annotated[str, typer.Option(help="opset23 (ONNX Attention, faster) or opset18")] = "opset23",
-    last_logits_only: Annotated[
-        bool,
-        typer.Option(
-            help="logits for the last position only: prefill skips the vocabulary head for the other prompt tokens"
-        ),
-    ] = False,
+    last_logits_only: LastLogitsOnly = False,
     external_data: Annotated[
         bool | None, typer.Option(help="weights in model.onnx_data [default: only over 2 GB]")
     ] = None,
@@ -229,12 +232,7 @@ def export_cmd(
     eval_windows: Annotated[int, typer.Option(help="perplexity windows")] = 16,
     dtype: Annotated[str, typer.Option(help="ONNX precision: fp32, fp16 or bf16")] = "fp32",
     variant: Annotated[str, typer.Option(help="opset23 or opset18")] = "opset23",
-    last_logits_only: Annotated[
-        bool,
-        typer.Option(
-            help="logits for the last position only: prefill skips the vocabulary head for the other prompt tokens"
-        ),
-    ] = False,
+    last_logits_only: LastLogitsOnly = False,
     engines: Annotated[str, typer.Option(help="auto (TensorRT if importable), none, tensorrt, rtx")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="redo and replace existing outputs")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,

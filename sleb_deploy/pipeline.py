@@ -119,19 +119,17 @@ def run_pipeline(
         pruned_src = Path(cfg.pruned_checkpoint)
         if not (pruned_src / "sleb.json").is_file():
             raise ArtifactError(f"{pruned_src} has no sleb.json: give a directory written by `sleb-deploy prune`")
-        pruning = json.loads((pruned_src / "sleb.json").read_text())
         notify(f"using the pruned checkpoint {pruned_src}")
     elif not cfg.force and _reusable(hf_pruned, cfg.prune):
         pruned_src = hf_pruned
-        pruning = json.loads((hf_pruned / "sleb.json").read_text())
         notify(f"reusing {hf_pruned} (same pruning settings)")
     else:
         prune_cfg = PruneConfig(**{**cfg.prune.__dict__, "out": hf_pruned, "force": cfg.force})
         notify(f"pruning {prune_cfg.model} -> {hf_pruned}")
         result: PruneResult = prune(prune_cfg, on_candidate=on_candidate)
         pruned_src = hf_pruned
-        pruning = json.loads((hf_pruned / "sleb.json").read_text())
         notify(f"removed blocks {result.removed}")
+    pruning = json.loads((pruned_src / "sleb.json").read_text())
 
     export_cfg = ExportConfig(**{**cfg.export.__dict__, "force": cfg.force})
     dense_model = str(pruning["model"]["location"]) if pruning["model"]["kind"] != "hub" else pruning["model"]["spec"]

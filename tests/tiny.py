@@ -6,6 +6,7 @@ No downloads: configs are built in code, the tokenizer is a byte-level BPE train
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,6 @@ class ExportCache:
         self, family: str, variant: str | None = None, dtype: str = "fp32", last: bool = False, num_layers: int = 3
     ) -> tuple[Any, Path, Any]:
         """(fp32 torch model, path of model.onnx, GraphSpec)."""
-        import warnings
-
         from sleb_deploy.export.onnx_graph import DEFAULT_VARIANT, export_decoder_onnx
 
         variant = variant or DEFAULT_VARIANT

@@ -1,0 +1,142 @@
+"""One real short run of `sleb-deploy bench` on a tiny exported workspace, and its bad-input paths.
+
+The workspace is what `sleb-deploy export` writes (pruned checkpoint + sleb.json, dense and pruned ONNX +
+export.json), made from a tiny random llama. Timings are never asserted: only what was measured and written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import typer
+from tiny import TEXT, save_checkpoint, tiny_model, train_tokenizer
+from typer.testing import CliRunner
+
+from sleb_deploy.cli_bench import bench_cmd, report_cmd
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+app = typer.Typer()
+app.command("bench")(bench_cmd)
+app.command("report")(report_cmd)
+runner = CliRunner()
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DRIVER = (
+    "import typer; from sleb_deploy.cli_bench import bench_cmd, report_cmd; app = typer.Typer(); "
+    "app.command('bench')(bench_cmd); app.command('report')(report_cmd); app()"
+)
+SHORT = ["--batch-sizes", "1,2", "--prompt-len", "8", "--new-tokens", "3", "--long-prompt-len", "24",
+         "--long-new-tokens", "2", "--min-reps", "2", "--max-reps", "2", "--seconds-per-cell", "0.01",
+         "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+    from sleb_deploy.prune.stage import PruneConfig, prune
+
+    base = tmp_path_factory.mktemp("bench")
+    text = base / "text.txt"
+    text.write_text(TEXT)
+    ckpt = save_checkpoint(tiny_model("llama", num_layers=3), train_tokenizer(), base / "tiny")
+    ws = base / "export" / "tiny"
+    prune(PruneConfig(model=str(ckpt), blocks=[1], out=ws / "hf-pruned", eval_text=str(text), seq_len=32,
+                      eval_windows=2))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_checkpoint(str(ckpt), ws / "dense", ExportConfig())
+        export_checkpoint(str(ws / "hf-pruned"), ws / "pruned", ExportConfig())
+    return ws
+
+
+def _child(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run in a fresh interpreter: the bench creates ONNX Runtime's process-wide thread pool (see bench_child)."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_bench_real_short_run(workspace: Path, tmp_path: Path) -> None:
+    text = workspace.parent.parent / "text.txt"
+    out = tmp_path / "report"
+    args = ["bench", "--workspace", str(workspace), "--out", str(out), "--text", str(text), *SHORT,
+            "--backends", "ort-cpu,torch-cpu,tensorrt"]  # fmt: skip
+    result = _child("-c", DRIVER, *args)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "bench.json").read_text())
+    assert data["schema"] == "sleb-deploy/bench@1" and data["partial"] is False
+    assert data["environment"]["versions"]["onnxruntime"]
+    status = {b["key"]: b for b in data["backends"]}
+    assert status["tensorrt"]["status"] == "skipped" and "issue 8" in status["tensorrt"]["note"]
+    assert status["ort-cpu"]["status"] == status["torch-cpu"]["status"] == "ran"
+    ok = [r for r in data["records"] if r["status"] == "ok"]
+    cells = {(r["backend"], r["row"], r["batch"]) for r in ok}
+    assert cells == {
+        (b, row, n) for b in ("ort-cpu", "torch-cpu") for row, n in (("short", 1), ("short", 2), ("long", 1))
+    }
+    assert {(r["variant"], r["blocks"]) for r in ok} == {("dense", 3), ("pruned", 2), ("probe", 1)}
+    pruned = [r for r in ok if r["variant"] == "pruned"]
+    assert all(r["speedup"] is not None and r["naive_speedup"] == 1.5 for r in pruned)
+    assert data["harness_check"]["rounds"] == 30
+    assert data["quality"]["dense_ppl"] > 0 and data["quality"]["removal_order"] == [1]
+    assert (workspace / "probe-1block" / "probe.json").is_file()
+    assert {"bench.csv", "bench.md", "latency.png", "speedup.png"} <= {p.name for p in out.iterdir()}
+
+    (out / "bench.md").unlink()
+    result = runner.invoke(app, ["report", str(out / "bench.json")])
+    assert result.exit_code == 0 and (out / "bench.md").is_file()
+
+    again = runner.invoke(app, args)  # the report exists: refused without --force, before anything runs
+    assert again.exit_code == 3 and "--force" in again.stderr
+    assert json.loads((out / "bench.json").read_text()) == data
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda(workspace: Path, tmp_path: Path) -> None:
+    """On a CUDA machine with onnxruntime-gpu: both CUDA backends run and record device memory for torch."""
+    text = str(workspace.parent.parent / "text.txt")
+    args = ["bench", "--workspace", str(workspace), "--out", str(tmp_path / "r"), "--text", text, *SHORT,
+            "--backends", "ort-cuda,torch-cuda", "--no-harness-check"]  # fmt: skip
+    result = _child("-c", DRIVER, *args)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "r" / "bench.json").read_text())
+    assert [b["status"] for b in data["backends"]] == ["ran", "ran"]
+    torch_ok = [r for r in data["records"] if r["backend"] == "torch-cuda" and r["status"] == "ok"]
+    assert torch_ok and all(r["cuda_max_allocated_mb"] > 0 for r in torch_ok)
+
+
+def test_runners_generate_the_reference_tokens(workspace: Path) -> None:
+    """The timed loops are real greedy generation: the tokens of Hugging Face's generate."""
+    result = _child(str(HERE / "bench_child.py"), "tokens", str(workspace))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"OrtRunner": True, "TorchRunner": True}
+
+
+def test_interrupt_keeps_what_was_measured(workspace: Path, tmp_path: Path) -> None:
+    text = str(workspace.parent.parent / "text.txt")
+    result = _child(str(HERE / "bench_child.py"), "interrupt", str(workspace), str(tmp_path / "r"), text)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.splitlines()[-1])
+    assert got == {"returned_partial": True, "written_partial": True, "batches": [1], "md_says_partial": True}
+
+
+def test_bad_input(workspace: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "--workspace", str(tmp_path / "nothing"), "--quiet"])
+    assert result.exit_code == 3 and "sleb-deploy export" in result.stderr
+    assert result.stderr.count("\n") == 1
+    result = runner.invoke(app, ["bench", "--workspace", str(workspace), "--backends", "tensorrt", "--quiet"])
+    assert result.exit_code == 4 and "issue 8" in result.stderr
+    result = runner.invoke(app, ["bench", "--workspace", str(workspace), "--backends", "onnx", "--quiet"])
+    assert result.exit_code == 2 and "ort-cpu" in result.stderr
+    result = runner.invoke(app, ["bench", "--workspace", str(workspace), "--batch-sizes", "1,x", "--quiet"])
+    assert result.exit_code == 2 and "--batch-sizes" in result.stderr
+    result = runner.invoke(app, ["bench", "--workspace", str(workspace), "--new-tokens", "1", "--quiet"])
+    assert result.exit_code == 2 and "--new-tokens" in result.stderr
+    result = runner.invoke(app, ["report", str(tmp_path / "bench.json")])
+    assert result.exit_code == 3 and "sleb-deploy bench" in result.stderr
+    assert not (tmp_path / "nothing").exists()

@@ -22,8 +22,6 @@ from typing import Any
 
 from sleb_deploy.errors import ArtifactError
 
-SCHEMA_PREFIX = "sleb-deploy"
-
 
 def check_writable_target(target: Path, force: bool) -> None:
     """Fail early (before hours of work) when `target` exists and may not be replaced."""
@@ -68,18 +66,6 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
-
-
-def read_manifest(directory: Path, name: str) -> dict[str, Any]:
-    """Read `directory/name` (e.g. `sleb.json`), raising `ArtifactError` with a hint when it is missing."""
-    path = Path(directory) / name
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: {directory} is not a complete sleb-deploy artifact")
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err}); re-run the stage that wrote it") from err
-    return data
 
 
 def _version(dist: str) -> str | None:

@@ -14,22 +14,21 @@ the pruning.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sleb_deploy.artifacts import check_writable_target
-from sleb_deploy.errors import ArtifactError, MissingDependencyError, UserInputError
-from sleb_deploy.export.stage import ExportConfig, ExportResult, export_checkpoint
-from sleb_deploy.prune.stage import PruneConfig, PruneResult, model_name, prune
+from sleb_deploy.config import EngineBackend, ExportConfig, PruneConfig
+from sleb_deploy.engines.profiles import BuildConfig
+from sleb_deploy.errors import ArtifactError
+from sleb_deploy.export.manifest import ExportManifest
+from sleb_deploy.prune.manifest import SlebManifest
 
 # The settings that decide which blocks go; a reused checkpoint must match them.
 _PRUNE_KEYS = ("model", "calib", "windows", "seq_len", "seed", "remove", "ratio", "metric", "blocks",
-               "early_barrier", "latter_barrier")  # fmt: skip
-ENGINE_CHOICES = ("auto", "none", "tensorrt", "rtx")
+               "early_barrier", "latter_barrier", "window_bos")  # fmt: skip
 
 Notify = Callable[[str], None]
 
@@ -38,60 +37,40 @@ Notify = Callable[[str], None]
 class PipelineConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
     name: str | None = None
     workspace: Path = Path("export")
     engines_dir: Path = Path("engines")
     pruned_checkpoint: Path | None = None  # reuse this pruned checkpoint (with sleb.json) instead of pruning
-    engines: str = "auto"
+    engines: str = EngineBackend.AUTO.value
     force: bool = False
 
 
 @dataclass
 class PipelineResult:
     workspace: Path
-    pruning: dict[str, Any]
-    dense: ExportResult
-    pruned: ExportResult
+    pruning: SlebManifest
+    dense: ExportManifest
+    pruned: ExportManifest
     engines: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "workspace": str(self.workspace),
-            "pruning": self.pruning,
+            "pruning": self.pruning.to_json(),
             "dense": self.dense.to_json(),
             "pruned": self.pruned.to_json(),
             "engines": self.engines,
         }
 
 
-def _engine_backend(choice: str) -> str | None:
-    """Which TensorRT module builds the engines, or None to skip; explicit choices must be importable."""
-    if choice not in ENGINE_CHOICES:
-        raise UserInputError(f"--engines {choice} is not one of {', '.join(ENGINE_CHOICES)}")
-    has_trt = importlib.util.find_spec("tensorrt") is not None
-    has_rtx = importlib.util.find_spec("tensorrt_rtx") is not None
-    if choice == "none" or (choice == "auto" and not has_trt):
-        return None
-    if choice in ("auto", "tensorrt"):
-        if not has_trt:
-            raise MissingDependencyError(
-                "TensorRT is not installed: pip install 'sleb-deploy[trt]' on a machine with an NVIDIA GPU, "
-                "or run in Dockerfile.trt"
-            )
-        return "tensorrt"
-    if not has_rtx:
-        raise MissingDependencyError("TensorRT-RTX is not installed: pip install 'sleb-deploy[trt-rtx]'")
-    return "tensorrt_rtx"
-
-
 def _reusable(pruned_dir: Path, cfg: PruneConfig) -> bool:
     """A pruned checkpoint from an earlier run with the same block-choosing settings is reused."""
-    sleb = pruned_dir / "sleb.json"
-    if not sleb.is_file():
+    if not SlebManifest.exists(pruned_dir):
         return False
-    recorded = json.loads(sleb.read_text()).get("config", {})
+    recorded = SlebManifest.read(pruned_dir).config
     wanted = {k: getattr(cfg, k) for k in _PRUNE_KEYS}
-    if all(recorded.get(k) == v for k, v in wanted.items()):
+    if all(recorded.get(k, PruneConfig.__dataclass_fields__[k].default) == v for k, v in wanted.items()):
         return True
     raise ArtifactError(
         f"{pruned_dir} was pruned with other settings: pass --force to prune again, or "
@@ -104,11 +83,16 @@ def run_pipeline(
     on_candidate: Callable[[int, int, int, int], None] | None = None,
     notify: Notify = lambda message: None,
 ) -> PipelineResult:
+    from sleb_deploy.engines.build import resolve_backend
+    from sleb_deploy.export.stage import export_checkpoint
+    from sleb_deploy.prune.stage import model_name, prune
+
     name = cfg.name or model_name(cfg.prune.model)
     ws = cfg.workspace / name
     hf_pruned = ws / "hf-pruned"
     dense_out, pruned_out = ws / "dense", ws / "pruned"
-    backend = _engine_backend(cfg.engines)
+    backend = resolve_backend(cfg.engines)
+    cfg.build.resolved()  # bad engine options fail now, not after the exports
     for target in (dense_out, pruned_out):
         check_writable_target(target, cfg.force)
     if backend is not None:
@@ -117,22 +101,23 @@ def run_pipeline(
 
     if cfg.pruned_checkpoint is not None:
         pruned_src = Path(cfg.pruned_checkpoint)
-        if not (pruned_src / "sleb.json").is_file():
+        if not SlebManifest.exists(pruned_src):
             raise ArtifactError(f"{pruned_src} has no sleb.json: give a directory written by `sleb-deploy prune`")
+        pruning = SlebManifest.read(pruned_src)
         notify(f"using the pruned checkpoint {pruned_src}")
     elif not cfg.force and _reusable(hf_pruned, cfg.prune):
         pruned_src = hf_pruned
+        pruning = SlebManifest.read(hf_pruned)
         notify(f"reusing {hf_pruned} (same pruning settings)")
     else:
         prune_cfg = PruneConfig(**{**cfg.prune.__dict__, "out": hf_pruned, "force": cfg.force})
         notify(f"pruning {prune_cfg.model} -> {hf_pruned}")
-        result: PruneResult = prune(prune_cfg, on_candidate=on_candidate)
+        pruning = prune(prune_cfg, on_candidate=on_candidate)
         pruned_src = hf_pruned
-        notify(f"removed blocks {result.removed}")
-    pruning = json.loads((pruned_src / "sleb.json").read_text())
+        notify(f"removed blocks {pruning.removal_order}")
 
     export_cfg = ExportConfig(**{**cfg.export.__dict__, "force": cfg.force})
-    dense_model = str(pruning["model"]["location"]) if pruning["model"]["kind"] != "hub" else pruning["model"]["spec"]
+    dense_model = pruning.model.reference  # the alias or hub id stays one in the dense export.json
     notify(f"exporting dense {dense_model} -> {dense_out}")
     dense = export_checkpoint(dense_model, dense_out, export_cfg)
     notify(f"exporting pruned {pruned_src} -> {pruned_out}")
@@ -142,25 +127,15 @@ def run_pipeline(
     if backend is None:
         engines["note"] = (
             "no TensorRT module: engines not built (pip install 'sleb-deploy[trt]' on an NVIDIA GPU machine, "
-            "or Dockerfile.trt; --engines rtx builds with TensorRT-RTX)"
+            "or Dockerfile.trt; 'sleb-deploy[trt-rtx]' builds with TensorRT-RTX on any machine)"
         )
     else:
         engines.update(_build_engines(cfg, name, backend, notify))
-    return PipelineResult(ws.absolute(), _pruning_brief(pruning), dense, pruned, engines)
-
-
-def _pruning_brief(pruning: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "removal_order": pruning["removal_order"],
-        "num_blocks": pruning["model"]["num_blocks"],
-        "num_blocks_after": pruning["num_blocks_after"],
-        "perplexity": pruning["perplexity"],
-    }
+    return PipelineResult(ws.absolute(), pruning, dense, pruned, engines)
 
 
 def _build_engines(cfg: PipelineConfig, name: str, backend: str, notify: Notify) -> dict[str, Any]:
     from sleb_deploy.engines.build import build_engine
-    from sleb_deploy.engines.profiles import BuildConfig
 
     out: dict[str, Any] = {}
     cache: Path | None = None
@@ -168,7 +143,7 @@ def _build_engines(cfg: PipelineConfig, name: str, backend: str, notify: Notify)
         target = cfg.engines_dir / name / variant
         notify(f"building the {variant} engine with {backend} -> {target}")
         built = build_engine(
-            cfg.workspace / name / variant, target, BuildConfig(), backend=backend, timing_cache=cache, force=cfg.force
+            cfg.workspace / name / variant, target, cfg.build, backend=backend, timing_cache=cache, force=cfg.force
         )
         cache = target / "timing.cache"  # the pruned build reuses the dense build's timings
         out[variant] = str(target.absolute())

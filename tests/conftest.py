@@ -61,3 +61,9 @@ def default_exports(tmp_path_factory: pytest.TempPathFactory, default_pruned: Pa
     export_checkpoint(dense, base / "dense", ExportConfig())
     export_checkpoint(str(default_pruned), base / "pruned", ExportConfig())
     return {"dense": base / "dense", "pruned": base / "pruned", "dense_hf": Path(dense), "pruned_hf": default_pruned}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regen-goldens", action="store_true", help="rewrite tests/export/golden/*.json from the current exporter"
+    )

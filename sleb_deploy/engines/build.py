@@ -21,92 +21,90 @@ where one exists).
 
 from __future__ import annotations
 
-import re
+import importlib
+import importlib.util
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
-from sleb_deploy.artifacts import check_writable_target, environment, read_manifest, staged_dir, write_json
-from sleb_deploy.engines.profiles import BuildConfig, Profile, input_names, optimization_profiles, profiles_to_json
+from sleb_deploy import contract
+from sleb_deploy._optional import require
+from sleb_deploy.artifacts import check_writable_target, environment, staged_dir
+from sleb_deploy.config import BACKEND_EXTRAS, EngineBackend
+from sleb_deploy.engines.profiles import BuildConfig, Profile, optimization_profiles, profiles_to_json
 from sleb_deploy.errors import ArtifactError, MissingDependencyError, UserInputError
+from sleb_deploy.manifest import Manifest
 
-SCHEMA = "sleb-deploy/engine@1"
-BACKENDS = {"tensorrt": "trt", "tensorrt_rtx": "trt-rtx"}  # module -> extra
-PLAN, CACHE, MANIFEST = "model.plan", "timing.cache", "engine.json"
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-
-# The symbolic axes of the exporter (Optimum's names), used to label the -1 dims of the I/O table.
-_AXES: dict[str, list[str]] = {
-    "input_ids": ["batch_size", "sequence_length"],
-    "attention_mask": ["batch_size", "past_sequence_length + sequence_length"],
-    "position_ids": ["batch_size", "sequence_length"],
-    "logits": ["batch_size", "sequence_length", "vocab_size"],
-    "past": ["batch_size", "num_kv_heads", "past_sequence_length", "head_dim"],
-    "present": ["batch_size", "num_kv_heads", "past_sequence_length + sequence_length", "head_dim"],
-}
+PLAN, CACHE = "model.plan", "timing.cache"
+_NO_TENSORRT = (
+    "building an engine needs TensorRT: on a machine with an NVIDIA GPU, pip install 'sleb-deploy[trt]' "
+    "(or use Dockerfile.trt); to check parsing and building on a CPU-only machine, "
+    "pip install 'sleb-deploy[trt-rtx]' (TensorRT for RTX; its engines run on RTX GPUs only)"
+)
 
 
-@dataclass
-class EngineResult:
-    """What ``build_engine`` produced (the same facts as ``engine.json``, for the CLI)."""
+@dataclass(kw_only=True)
+class EngineManifest(Manifest):
+    """``engine.json``: what was built, for which GPU and TensorRT, with which profiles; the build's result."""
 
-    out_dir: Path
-    plan: Path
-    manifest: Path
-    backend: str
-    backend_version: str
-    num_layers: int
+    SCHEMA: ClassVar[str] = "sleb-deploy/engine@1"
+    FILE: ClassVar[str] = "engine.json"
+
+    backend: dict[str, str]  # {"module": "tensorrt" | "tensorrt_rtx", "version": ...}
+    gpu: dict[str, str] | None  # the GPU the plan was tuned for; None for a CPU-only (TensorRT-RTX) build
+    plan: str
     plan_bytes: int
+    timing_cache: dict[str, Any]
+    build_options: dict[str, Any]
+    precision: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    int64_inputs: list[str]
+    profiles: list[dict[str, Any]]
+    io: list[dict[str, Any]]
+    source: dict[str, Any]  # {"onnx": path, "export": the upstream export.json or None}
     build_seconds: float
-    timing_cache_reused: bool
     peak_rss_mib: float | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "out_dir": str(self.out_dir),
-            "plan": str(self.plan),
-            "manifest": str(self.manifest),
-            "backend": self.backend,
-            "backend_version": self.backend_version,
-            "num_layers": self.num_layers,
-            "plan_bytes": self.plan_bytes,
-            "build_seconds": self.build_seconds,
-            "timing_cache_reused": self.timing_cache_reused,
-            "peak_rss_mib": self.peak_rss_mib,
-            "warnings": self.warnings,
-        }
+    builder_warnings: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
 
 
-def select_backend(backend: str = "auto") -> tuple[str, ModuleType]:
-    """``(module name, module)``: ``tensorrt`` if importable, else ``tensorrt_rtx``; or the one asked for."""
-    import importlib
+def resolve_backend(choice: str) -> str | None:
+    """The TensorRT module that builds engines for ``choice`` (an ``EngineBackend`` value), or None for none.
 
-    if backend not in ("auto", *BACKENDS):
-        raise UserInputError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
-    if backend != "auto":
-        from sleb_deploy._optional import require
+    ``auto``: ``tensorrt`` if importable, else ``tensorrt_rtx`` if importable, else None. An explicit module
+    that is not installed is a ``MissingDependencyError`` naming its extra.
+    """
+    values = [b.value for b in EngineBackend]
+    if choice not in values:
+        raise UserInputError(f"unknown engine backend {choice!r} (choose from {', '.join(values)})")
+    if choice == EngineBackend.NONE.value:
+        return None
+    if choice != EngineBackend.AUTO.value:
+        if importlib.util.find_spec(choice) is None:
+            raise MissingDependencyError(
+                f"'{choice}' is needed for this step: pip install 'sleb-deploy[{BACKEND_EXTRAS[choice]}]'"
+            )
+        return choice
+    return next((name for name in BACKEND_EXTRAS if importlib.util.find_spec(name) is not None), None)
 
-        return backend, require(backend, BACKENDS[backend])
-    for name in BACKENDS:
-        try:
-            return name, importlib.import_module(name)
-        except (ImportError, OSError):  # OSError: a wheel whose shared libraries are missing
-            continue
-    raise MissingDependencyError(
-        "building an engine needs TensorRT: on a machine with an NVIDIA GPU, pip install 'sleb-deploy[trt]' "
-        "(or use Dockerfile.trt); to check parsing and building on a CPU-only machine, "
-        "pip install 'sleb-deploy[trt-rtx]' (TensorRT for RTX; its engines run on RTX GPUs only)"
-    )
+
+def load_backend(choice: str) -> tuple[str, ModuleType]:
+    """``(module name, module)`` for ``choice``; raises when nothing can build."""
+    name = resolve_backend(choice)
+    if name is None:
+        raise MissingDependencyError(_NO_TENSORRT)
+    return name, require(name, BACKEND_EXTRAS[name])
 
 
 _LOGGERS: dict[str, Any] = {}
 
 
-def _logger(trt: ModuleType) -> Any:
+def recording_logger(trt: ModuleType) -> Any:
     """One recording logger per backend: TensorRT keeps the first logger of a process and ignores others."""
     if trt.__name__ not in _LOGGERS:
 
@@ -123,31 +121,32 @@ def _logger(trt: ModuleType) -> Any:
     return _LOGGERS[trt.__name__]
 
 
-def _export_summary(onnx_dir: Path) -> dict[str, Any] | None:
-    """The upstream export.json (whole, it is small), or None when the ONNX came from elsewhere."""
-    if not (onnx_dir / "export.json").is_file():
-        return None
-    return read_manifest(onnx_dir, "export.json")
+def _export_summary(onnx_dir: Path) -> Any:
+    """The upstream ``ExportManifest``, or None when the ONNX came from elsewhere."""
+    from sleb_deploy.export.manifest import ExportManifest
+
+    return ExportManifest.read(onnx_dir) if ExportManifest.exists(onnx_dir) else None
 
 
-def _find_int(data: Any, key: str) -> int | None:
-    """``key`` at the top of export.json or one level down (e.g. under ``graph``), whatever its layout."""
-    if not isinstance(data, dict):
-        return None
-    if isinstance(data.get(key), int):
-        return int(data[key])
-    for value in data.values():
-        if isinstance(value, dict) and isinstance(value.get(key), int):
-            return int(value[key])
-    return None
+def parse_network(trt: ModuleType, logger: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
+    """``(builder, network, parser)``: ``onnx_path`` parsed into a strongly typed network (the parser must
+    outlive the network: it owns the weights)."""
+    builder = trt.Builder(logger)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    net = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(net, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # resolves model.onnx_data next to it
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ArtifactError(f"{trt.__name__} could not parse {onnx_path}: {errors[0] if errors else 'unknown error'}")
+    return builder, net, parser
 
 
-def _graph_dims(net: Any, onnx_path: Path) -> tuple[int, int, int]:
+def graph_dims(net: Any, onnx_path: Path) -> tuple[int, int, int]:
     """``(num_layers, num_kv_heads, head_dim)`` read from the parsed network's inputs, checked for our names."""
     names = [net.get_input(i).name for i in range(net.num_inputs)]
-    layers = {int(m.group(1)) for n in names if (m := _PAST.match(n))}
+    layers = {int(m.group(1)) for n in names if (m := contract.PAST_NAME.match(n))}
     num_layers = max(layers) + 1 if layers else 0
-    if num_layers == 0 or set(names) != set(input_names(num_layers)):
+    if num_layers == 0 or set(names) != set(contract.input_names(num_layers)):
         raise ArtifactError(
             f"{onnx_path} does not have the KV-cache inputs of a sleb-deploy export "
             f"(input_ids, attention_mask, position_ids, past_key_values.{{i}}.key|value); got {names[:6]}..."
@@ -159,13 +158,12 @@ def _graph_dims(net: Any, onnx_path: Path) -> tuple[int, int, int]:
 
 
 def _io_table(net: Any) -> list[dict[str, Any]]:
-    """Name, direction, dtype and dims of every binding; -1 dims labelled with the exporter's axis names."""
+    """Name, direction, dtype and dims of every binding; -1 dims labelled with the contract's axis names."""
     rows = []
     tensors = [("input", net.get_input(i)) for i in range(net.num_inputs)]
     tensors += [("output", net.get_output(i)) for i in range(net.num_outputs)]
     for mode, t in tensors:
-        kind = t.name if t.name in _AXES else t.name.split(".")[0].replace("past_key_values", "past")
-        labels = _AXES.get(kind, [])
+        labels = contract.axis_labels(t.name)
         shape = [int(d) for d in t.shape]
         dims: list[int | str] = [labels[k] if d < 0 and k < len(labels) else d for k, d in enumerate(shape)]
         rows.append({"name": t.name, "mode": mode, "dtype": t.dtype.name, "shape": shape, "dims": dims})
@@ -251,7 +249,7 @@ def build_engine(
     backend: str = "auto",
     timing_cache: Path | None = None,
     force: bool = False,
-) -> EngineResult:
+) -> EngineManifest:
     """Build ``onnx_dir/model.onnx`` into ``out_dir`` (``model.plan``, ``timing.cache``, ``engine.json``).
 
     ``timing_cache``: a ``timing.cache`` to start from; pass the dense build's to the pruned build, which
@@ -265,22 +263,17 @@ def build_engine(
         raise ArtifactError(f"{onnx_path} not found: point at a directory written by `sleb-deploy onnx`")
     rcfg = cfg.resolved()
     check_writable_target(out_dir, force)  # before minutes of building
-    name, trt = select_backend(backend)
-    export = _export_summary(onnx_dir)
-    logger = _logger(trt)
+    export = _export_summary(onnx_dir)  # a malformed export.json fails before TensorRT is loaded
+    name, trt = load_backend(backend)
+    logger = recording_logger(trt)
     logger.messages.clear()
 
-    builder = trt.Builder(logger)
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    net = builder.create_network(0 if flag is None else 1 << int(flag))
-    parser = trt.OnnxParser(net, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # resolves model.onnx_data next to it
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ArtifactError(f"{name} could not parse {onnx_path}: {errors[0] if errors else 'unknown error'}")
-    num_layers, kv_heads, head_dim = _graph_dims(net, onnx_path)
-    expected = _find_int(export, "num_layers")
-    if expected is not None and expected != num_layers:
-        raise ArtifactError(f"{onnx_dir}/export.json says {expected} layers but model.onnx has {num_layers}")
+    builder, net, _parser = parse_network(trt, logger, onnx_path)
+    num_layers, kv_heads, head_dim = graph_dims(net, onnx_path)
+    if export is not None and export.graph.num_layers != num_layers:
+        raise ArtifactError(
+            f"{onnx_dir}/export.json says {export.graph.num_layers} layers but model.onnx has {num_layers}"
+        )
     profiles = optimization_profiles(rcfg, num_layers, kv_heads, head_dim)
 
     config = builder.create_builder_config()
@@ -306,50 +299,35 @@ def build_engine(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 (tmp / CACHE).write_bytes(memoryview(cache.serialize()))
-        rss = _peak_rss_mib()
-        builder_warnings = [m for s, m in logger.messages if s == "WARNING"][:50]
-        manifest = {
-            "schema": SCHEMA,
-            "backend": {"module": name, "version": str(trt.__version__)},
-            "gpu": _gpu(),
-            "plan": PLAN,
-            "plan_bytes": int(plan.nbytes),
-            "timing_cache": {
+        manifest = EngineManifest(
+            backend={"module": name, "version": str(trt.__version__)},
+            gpu=_gpu(),
+            plan=PLAN,
+            plan_bytes=int(plan.nbytes),
+            timing_cache={
                 "file": CACHE if cache is not None else None,
                 "seeded_from": str(Path(timing_cache).absolute()) if timing_cache is not None else None,
                 "seed_accepted": reused,
                 "honoured_by_backend": name != "tensorrt_rtx",  # TensorRT-RTX: timing cache calls are no-ops
             },
-            "build_options": {
+            build_options={
                 **rcfg.to_json(),
                 "strongly_typed": True,
                 "attention_layers_marked_decomposable": decomposed,
             },
-            "precision": "from the ONNX (strongly typed network)",
-            "num_layers": num_layers,
-            "num_kv_heads": kv_heads,
-            "head_dim": head_dim,
-            "int64_inputs": [r["name"] for r in io if r["mode"] == "input" and r["dtype"] == "INT64"],
-            "profiles": profiles_to_json(profiles),
-            "io": io,
-            "source": {"onnx": str(onnx_path.absolute()), "export": export},
-            "build_seconds": seconds,
-            "peak_rss_mib": rss,
-            "builder_warnings": builder_warnings,
-            "environment": environment(),
-        }
-        write_json(tmp / MANIFEST, manifest)  # last: its presence means the directory is complete
-    out = out_dir.absolute()
-    return EngineResult(
-        out_dir=out,
-        plan=out / PLAN,
-        manifest=out / MANIFEST,
-        backend=name,
-        backend_version=str(trt.__version__),
-        num_layers=num_layers,
-        plan_bytes=int(plan.nbytes),
-        build_seconds=seconds,
-        timing_cache_reused=reused,
-        peak_rss_mib=rss,
-        warnings=builder_warnings,
-    )
+            precision="from the ONNX (strongly typed network)",
+            num_layers=num_layers,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            int64_inputs=[r["name"] for r in io if r["mode"] == "input" and r["dtype"] == "INT64"],
+            profiles=profiles_to_json(profiles),
+            io=io,
+            source={"onnx": str(onnx_path.absolute()), "export": None if export is None else export.to_json()},
+            build_seconds=seconds,
+            peak_rss_mib=_peak_rss_mib(),
+            builder_warnings=[m for s, m in logger.messages if s == "WARNING"][:50],
+            environment=environment(),
+        )
+        manifest.write(tmp)  # last: its presence means the directory is complete
+    manifest.directory = out_dir.absolute()
+    return manifest

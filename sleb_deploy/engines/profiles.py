@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sleb_deploy import contract
 from sleb_deploy.errors import UserInputError
 
 Dims = tuple[int, ...]
@@ -92,14 +93,6 @@ class BuildConfig:
             raise UserInputError(f"workspace_mib must be positive, not {self.workspace_mib}")
 
 
-def input_names(num_layers: int) -> list[str]:
-    """The graph inputs, in the exporter's order (Optimum's names)."""
-    names = ["input_ids", "attention_mask", "position_ids"]
-    for i in range(num_layers):
-        names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-    return names
-
-
 def _profile(num_layers: int, kv: tuple[int, int], batch: Dims, seq: Dims, past: Dims) -> Profile:
     """Shapes for the (min, opt, max) points, given each point's batch, sequence and past lengths."""
     heads, head_dim = kv
@@ -108,12 +101,12 @@ def _profile(num_layers: int, kv: tuple[int, int], batch: Dims, seq: Dims, past:
         return shape(0), shape(1), shape(2)
 
     prof: Profile = {
-        "input_ids": points(lambda k: (batch[k], seq[k])),
-        "attention_mask": points(lambda k: (batch[k], past[k] + seq[k])),
-        "position_ids": points(lambda k: (batch[k], seq[k])),
+        contract.INPUT_IDS: points(lambda k: (batch[k], seq[k])),
+        contract.ATTENTION_MASK: points(lambda k: (batch[k], past[k] + seq[k])),
+        contract.POSITION_IDS: points(lambda k: (batch[k], seq[k])),
     }
     cache = points(lambda k: (batch[k], heads, past[k], head_dim))
-    for name in input_names(num_layers)[3:]:
+    for name in contract.past_names(num_layers):
         prof[name] = cache
     return prof
 

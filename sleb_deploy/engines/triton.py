@@ -14,37 +14,33 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sleb_deploy.artifacts import read_manifest, staged_dir
+from sleb_deploy import contract
+from sleb_deploy.artifacts import staged_dir
+from sleb_deploy.engines.build import EngineManifest
 from sleb_deploy.errors import ArtifactError
 
-TRITON_TYPES = {
-    "INT64": "TYPE_INT64",
-    "INT32": "TYPE_INT32",
-    "FLOAT": "TYPE_FP32",
-    "HALF": "TYPE_FP16",
-    "BF16": "TYPE_BF16",
-}
 
-
-def config_pbtxt(manifest: dict[str, Any], name: str) -> str:
+def config_pbtxt(manifest: EngineManifest, name: str) -> str:
     """The ``config.pbtxt`` text for the engine described by ``manifest`` (engine.json)."""
 
     def tensor(row: dict[str, Any]) -> str:
-        if row["dtype"] not in TRITON_TYPES:
-            raise ArtifactError(f"engine.json: tensor {row['name']} has dtype {row['dtype']} with no Triton type")
+        try:
+            triton_type = contract.element_type(trt=row["dtype"]).triton
+        except KeyError:
+            raise ArtifactError(
+                f"engine.json: tensor {row['name']} has dtype {row['dtype']} with no Triton type"
+            ) from None
         dims = ", ".join(str(int(d)) for d in row["shape"])
-        return (
-            f'  {{\n    name: "{row["name"]}"\n    data_type: {TRITON_TYPES[row["dtype"]]}\n    dims: [ {dims} ]\n  }}'
-        )
+        return f'  {{\n    name: "{row["name"]}"\n    data_type: {triton_type}\n    dims: [ {dims} ]\n  }}'
 
-    io = manifest.get("io")
+    io = manifest.io
     if not io:
         raise ArtifactError("engine.json has no I/O table: rebuild the engine with this version of sleb-deploy")
     inputs = ",\n".join(tensor(r) for r in io if r["mode"] == "input")
     outputs = ",\n".join(tensor(r) for r in io if r["mode"] == "output")
     groups = ",\n".join(
         f'  {{\n    kind: KIND_GPU\n    count: 1\n    profile: [ "{p["index"]}" ]\n  }}  # {p["name"]}'
-        for p in manifest["profiles"]
+        for p in manifest.profiles
     )
     return (
         f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: 0\n'
@@ -55,8 +51,8 @@ def config_pbtxt(manifest: dict[str, Any], name: str) -> str:
 def write_triton_repository(engine_dir: Path, repo_dir: Path, name: str = "model", force: bool = False) -> Path:
     """Create ``repo_dir/name`` (config + plan, hard-linked when possible); returns that directory."""
     engine_dir = Path(engine_dir)
-    manifest = read_manifest(engine_dir, "engine.json")
-    plan = engine_dir / manifest.get("plan", "model.plan")
+    manifest = EngineManifest.read(engine_dir)
+    plan = engine_dir / manifest.plan
     if not plan.is_file():
         raise ArtifactError(f"{plan} not found: {engine_dir} is not a complete engine directory")
     target = Path(repo_dir) / name

@@ -13,78 +13,41 @@ check it is portable: no ``If``/``Loop`` nodes, default ONNX domain only (Tensor
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sleb_deploy.errors import UnsupportedModelError, UserInputError
-from sleb_deploy.export.decoder_module import ExportDecoder, empty_past
+from sleb_deploy import contract
+from sleb_deploy._optional import require
+from sleb_deploy.contract import GraphSpec
+from sleb_deploy.errors import UserInputError
+from sleb_deploy.export.decoder_module import VARIANTS, ExportDecoder, empty_past
 
-DEFAULT_VARIANT = "opset23"
+DEFAULT_VARIANT = VARIANTS[0]
 OPSETS = {"opset23": 23, "opset18": 18}
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_TWO_GB = 2 * 1024**3
-B, S, P, T = "batch_size", "sequence_length", "past_sequence_length", "past_sequence_length + sequence_length"
 
-__all__ = [
-    "DEFAULT_VARIANT",
-    "GraphSpec",
-    "UnsupportedModelError",
-    "check_portable",
-    "export_decoder_onnx",
-    "io_signature",
-]
+__all__ = ["DEFAULT_VARIANT", "GraphSpec", "check_portable", "export_decoder_onnx", "io_signature"]
 
 
-@dataclass
-class GraphSpec:
-    """What downstream stages need to drive the graph (written into export.json by the caller)."""
+def external_data_decision(wrapper: ExportDecoder, external_data: bool | None) -> tuple[bool, int]:
+    """``(use external data, initializer bytes)``, from the bytes the graph will really hold.
 
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    dtype: str
-    opset: int
-    variant: str
-    last_logits_only: bool
-    model_type: str
-    external_data: bool
-    input_names: list[str] = field(default_factory=list)
-    output_names: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _names(num_layers: int) -> tuple[list[str], list[str]]:
-    ins = ["input_ids", "attention_mask", "position_ids"]
-    outs = ["logits"]
-    for i in range(num_layers):
-        ins += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-        outs += [f"present.{i}.key", f"present.{i}.value"]
-    return ins, outs
-
-
-def _axes(ins: list[str], outs: list[str], last_logits_only: bool) -> dict[str, dict[int, str]]:
-    axes: dict[str, dict[int, str]] = {
-        "input_ids": {0: B, 1: S},
-        "attention_mask": {0: B, 1: T},
-        "position_ids": {0: B, 1: S},
-        "logits": {0: B} if last_logits_only else {0: B, 1: S},
-    }
-    for n in ins[3:]:
-        axes[n] = {0: B, 2: P}
-    for n in outs[1:]:
-        axes[n] = {0: B, 2: T}
-    return axes
+    ``external_data=None`` decides by size; ``False`` for a graph that cannot be one protobuf is the user's
+    mistake, refused before minutes of tracing.
+    """
+    nbytes = wrapper.initializer_bytes()
+    needed = contract.needs_external_data(nbytes)
+    if external_data is False and needed:
+        raise UserInputError(
+            f"the graph's weights take {nbytes / 1024**3:.2f} GiB, over protobuf's 2 GiB limit for one file: "
+            "drop --no-external-data (weights then go to model.onnx_data)"
+        )
+    return (needed if external_data is None else external_data), nbytes
 
 
 def _rename_dims(proto: Any, axes: dict[str, dict[int, str]]) -> None:
@@ -156,22 +119,24 @@ def export_decoder_onnx(
     ``model`` is cast to ``dtype`` for the export (a half-precision graph exported from a half-precision
     torch model; casting an fp32 ONNX afterwards breaks the rotary path) and cast back afterwards.
     """
-    import onnx
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")  # the dynamo exporter's backend
 
-    if dtype not in TORCH_DTYPES:
-        raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(TORCH_DTYPES)})")
+    if dtype not in contract.GRAPH_DTYPES:
+        raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(contract.GRAPH_DTYPES)})")
     if variant not in OPSETS:
         raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tdtype = TORCH_DTYPES[dtype]
+    tdtype = getattr(torch, contract.element_type(key=dtype).torch)
     orig_dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval().to(tdtype)
     try:
         wrapper = ExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
+        use_ext, nbytes = external_data_decision(wrapper, external_data)
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once the family and the options are known to work
         cfg = model.config
-        ins, outs = _names(wrapper.num_layers)
+        ins, outs = contract.input_names(wrapper.num_layers), contract.output_names(wrapper.num_layers)
         batch, seq, past_len = 2, 3, 5
         example: list[torch.Tensor] = [
             torch.ones(batch, seq, dtype=torch.long),
@@ -179,7 +144,7 @@ def export_decoder_onnx(
             torch.arange(past_len, past_len + seq).repeat(batch, 1),
             *empty_past(wrapper, batch, tdtype, past_len),
         ]
-        axes = _axes(ins, outs, last_logits_only)
+        axes = contract.dynamic_axes(wrapper.num_layers, last_logits_only)
         dyn_in = {n: {k: v for k, v in axes[n].items()} for n in ins}
         dynamic_shapes = (
             dyn_in["input_ids"],
@@ -206,8 +171,6 @@ def export_decoder_onnx(
         problems = check_portable(proto)
         if problems:
             raise RuntimeError(f"exported graph is not portable: {problems[0]} (+{len(problems) - 1} more)")
-        size = sum(p.numel() * p.element_size() for p in model.parameters())
-        use_ext = external_data if external_data is not None else size > _TWO_GB - 64 * 1024**2
         onnx_path = out_dir / "model.onnx"
         data_path = out_dir / "model.onnx_data"
         if data_path.exists():
@@ -234,6 +197,7 @@ def export_decoder_onnx(
             last_logits_only=last_logits_only,
             model_type=str(cfg.model_type),
             external_data=bool(use_ext),
+            initializer_bytes=nbytes,
             input_names=ins,
             output_names=outs,
         )
@@ -242,13 +206,9 @@ def export_decoder_onnx(
         model.train(was_training)
 
 
-_ELEM = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
-
-
 def io_signature(onnx_path: Path) -> dict[str, Any]:
     """Names, element types and dims (symbolic names or ints) of the graph I/O, for golden files."""
-    import onnx
-
+    onnx = require("onnx", "onnx")
     proto = onnx.load(str(onnx_path), load_external_data=False)
 
     def rows(vis: Any) -> list[dict[str, Any]]:
@@ -256,13 +216,15 @@ def io_signature(onnx_path: Path) -> dict[str, Any]:
         for vi in vis:
             tt = vi.type.tensor_type
             dims: list[str | int] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
-            out.append({"name": vi.name, "elem_type": _ELEM.get(tt.elem_type, str(tt.elem_type)), "dims": dims})
+            out.append({"name": vi.name, "elem_type": _elem_name(tt.elem_type), "dims": dims})
         return out
 
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return {"opset": int(opset), "inputs": rows(proto.graph.input), "outputs": rows(proto.graph.output)}
 
 
-def write_signature(onnx_path: Path, json_path: Path) -> None:
-    """Regenerate a golden I/O file."""
-    json_path.write_text(json.dumps(io_signature(onnx_path), indent=1) + "\n")
+def _elem_name(onnx_type: int) -> str:
+    try:
+        return contract.element_type(onnx=onnx_type).torch  # float32, float16, bfloat16, int64, ...
+    except KeyError:
+        return str(onnx_type)

@@ -14,28 +14,27 @@ from typing import Any
 
 import numpy as np
 
-_ORT_TO_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+from sleb_deploy import contract
+from sleb_deploy._optional import require
 
 
 class OrtGenerator:
     """Greedy generator over ``model.onnx`` with Optimum-style KV-cache I/O."""
 
     def __init__(self, onnx_path: Path, session_options: Any = None, providers: list[Any] | None = None) -> None:
-        import onnxruntime as ort
-
-        self._ort = ort
+        ort = require("onnxruntime", "onnx")
         self.session = ort.InferenceSession(
             str(onnx_path), sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
         )
-        inputs = self.session.get_inputs()
-        self.input_names = [i.name for i in inputs]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.past_names = self.input_names[3:]
-        self.present_names = self.output_names[1:]
-        first = inputs[3]
-        if first.type not in _ORT_TO_NP:
+        past = [i for i in self.session.get_inputs() if contract.PAST_NAME.match(i.name)]
+        self.num_layers = len(past) // 2
+        self.past_names = contract.past_names(self.num_layers)
+        self.output_names = contract.output_names(self.num_layers)
+        first = past[0]
+        np_dtype = contract.element_type(ort=first.type).numpy
+        if np_dtype is None:
             raise ValueError(f"OrtGenerator drives fp32/fp16 graphs (numpy I/O), not {first.type}")
-        self.kv_dtype = _ORT_TO_NP[first.type]
+        self.kv_dtype = np.dtype(np_dtype)
         self.num_kv_heads = int(first.shape[1])
         self.head_dim = int(first.shape[3])
 
@@ -44,9 +43,9 @@ class OrtGenerator:
     ) -> tuple[np.ndarray, list[Any]]:
         """One forward; returns last-position logits [B, V] and the presents as OrtValues."""
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos, dtype=np.int64))
+        binding.bind_cpu_input(contract.INPUT_IDS, np.ascontiguousarray(ids, dtype=np.int64))
+        binding.bind_cpu_input(contract.ATTENTION_MASK, np.ascontiguousarray(mask, dtype=np.int64))
+        binding.bind_cpu_input(contract.POSITION_IDS, np.ascontiguousarray(pos, dtype=np.int64))
         for name, value in zip(self.past_names, past, strict=True):
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
@@ -75,7 +74,7 @@ class OrtGenerator:
         past: list[Any] = [
             np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for _ in self.past_names
         ]
-        pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        pos = contract.position_ids(mask, mask.shape[1])
         cur = ids
         out = [ids]
         done = np.zeros(batch, dtype=bool)

@@ -11,83 +11,36 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sleb_deploy._optional import require
 from sleb_deploy.artifacts import check_writable_target, environment, staged_dir, write_json
+from sleb_deploy.config import ExportConfig
+from sleb_deploy.contract import GRAPH_DTYPES
 from sleb_deploy.errors import UserInputError, ValidationError
+from sleb_deploy.export.manifest import ExportManifest
 from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, resolve_model
+from sleb_deploy.prune.manifest import SlebManifest
 
-MANIFEST = "export.json"
-SCHEMA = "sleb-deploy/export@1"
-PROTOBUF_LIMIT = 2 * 1024**3
 # Max |logits| and |KV| difference ONNX Runtime vs PyTorch (fp32 reference). fp16 rounds activations to
 # 11 bits over every block; bf16 graphs cannot be fed from numpy, so ORT validation is skipped for them.
 TOLERANCE = {"fp32": 1e-3, "fp16": 0.25}
-DTYPES = ("fp32", "fp16", "bf16")
-
-
-@dataclass
-class ExportConfig:
-    dtype: str = "fp32"
-    variant: str = "opset23"
-    last_logits_only: bool = False
-    external_data: bool | None = None  # None: only when the weights exceed protobuf's 2 GB
-    tolerance: float | None = None  # None: TOLERANCE[dtype]
-    force: bool = False
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    graph: dict[str, Any]
-    validation: dict[str, Any]
-    pruning: dict[str, Any]
-    seconds: float
-    files: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "out": str(self.out)}
-
-
-def weight_bytes(model: Any, dtype: str) -> int:
-    """Size of the weights once cast to `dtype` (tied weights counted once, as the graph stores them)."""
-    per = 4 if dtype == "fp32" else 2
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * per
-    return total
-
-
-def check_external_data(model: Any, dtype: str, external_data: bool | None) -> None:
-    """A graph over 2 GB cannot be one protobuf: refuse `external_data=False` before exporting anything."""
-    size = weight_bytes(model, dtype)
-    if external_data is False and size >= PROTOBUF_LIMIT:
-        raise UserInputError(
-            f"the {dtype} weights take {size / 1024**3:.2f} GB, over protobuf's 2 GB limit for one file: "
-            "drop --no-external-data (weights then go to model.onnx_data)"
-        )
 
 
 def _pruning_summary(source: ModelSource) -> dict[str, Any]:
-    if source.kind == "hub":
+    if source.kind == "hub" or not SlebManifest.exists(Path(source.location)):
         return {"pruned": False}
-    sleb = Path(source.location) / "sleb.json"
-    if not sleb.is_file():
-        return {"pruned": False}
-    data = json.loads(sleb.read_text())
+    sleb = SlebManifest.read(Path(source.location))
     return {
         "pruned": True,
-        "method": data["method"]["metric"],
-        "source_model": data["model"]["spec"],
-        "num_blocks_before": data["model"]["num_blocks"],
-        "removal_order": data["removal_order"],
-        "kept_blocks": data["kept_blocks"],
-        "perplexity": data.get("perplexity"),
+        "method": sleb.method["metric"],
+        "source_model": sleb.model.spec,
+        "num_blocks_before": sleb.model.num_blocks,
+        "removal_order": sleb.removal_order,
+        "kept_blocks": sleb.kept_blocks,
+        "perplexity": sleb.perplexity,
     }
 
 
@@ -138,20 +91,21 @@ def _legacy_tokenizer_config(directory: Path) -> None:
             write_json(path, data)
 
 
-def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportResult:
+def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportManifest:
     """Export, validate and lay out one checkpoint (dense or pruned) as an ONNX directory."""
     from sleb_deploy.export.onnx_graph import export_decoder_onnx
     from sleb_deploy.export.validate import validate_against_torch
 
-    if cfg.dtype not in DTYPES:
-        raise UserInputError(f"--dtype {cfg.dtype} is not one of {', '.join(DTYPES)}")
+    if cfg.dtype not in GRAPH_DTYPES:
+        raise UserInputError(f"--dtype {cfg.dtype} is not one of {', '.join(GRAPH_DTYPES)}")
+    for module in ("onnx", "onnxscript", "onnxruntime"):  # a missing extra fails now, before the model loads
+        require(module, "onnx")
     start = time.perf_counter()
     out = Path(out)
     check_writable_target(out, cfg.force)
     source = resolve_model(model_spec)
     tokenizer = load_tokenizer(source)
     model = load_model(source, dtype="fp32")
-    check_external_data(model, cfg.dtype, cfg.external_data)
     with staged_dir(out, cfg.force) as tmp:
         spec = export_decoder_onnx(
             model,
@@ -166,30 +120,19 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportRe
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _legacy_tokenizer_config(tmp)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-        result = ExportResult(
-            out=out.absolute(),
-            graph=spec.to_dict(),
+        manifest = ExportManifest(
+            model=source,
+            graph=spec,
             validation=validation,
             pruning=_pruning_summary(source),
-            seconds=time.perf_counter() - start,
-            files=files,
+            options=asdict(cfg),
+            files={p.name: p.stat().st_size for p in sorted(tmp.iterdir())},
+            seconds=round(time.perf_counter() - start, 2),
+            environment=environment(),
         )
-        write_json(
-            tmp / MANIFEST,
-            {
-                "schema": SCHEMA,
-                "model": source.to_json(),
-                "graph": result.graph,
-                "validation": validation,
-                "pruning": result.pruning,
-                "options": asdict(cfg),
-                "files": files,
-                "seconds": round(result.seconds, 2),
-                "environment": environment(),
-            },
-        )
-    return result
+        manifest.write(tmp)  # last: its presence means the directory is complete
+    manifest.directory = out.absolute()
+    return manifest
 
 
 def _validate(model: Any, onnx_path: Path, cfg: ExportConfig, validate: Any) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+from sleb_deploy import contract
+from sleb_deploy._optional import require
 
 
 def make_inputs(
@@ -31,14 +32,6 @@ def make_inputs(
             mask[r, :pad] = 0
             ids[r, :pad] = 0
     return ids, mask
-
-
-def position_ids_from_mask(mask: np.ndarray, seq_len: int) -> np.ndarray:
-    """HF generate's rule: cumsum(mask) - 1, clipped at 0, for the last ``seq_len`` columns."""
-    pos = np.cumsum(mask, axis=1) - 1
-    pos = np.clip(pos, 0, None)
-    out: np.ndarray = pos[:, -seq_len:].astype(np.int64)
-    return out
 
 
 def _cache_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,22 +67,21 @@ def validate_against_torch(
     Returns ``{"steps": [{"logits": d, "kv": d, "present_len": n}, ...], "max_logits": d, "max_kv": d,
     "present_shapes_ok": bool}``. Tolerances are the caller's decision (they depend on dtype).
     """
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", "onnx")
     cfg = model.config
     is_opt = cfg.model_type == "opt"
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    in_names = [i.name for i in sess.get_inputs()]
     out_names = [o.name for o in sess.get_outputs()]
-    past_names = in_names[3:]
-    first_past = sess.get_inputs()[3]
-    np_dtype = _NP_DTYPES.get({"tensor(float)": "float32", "tensor(float16)": "float16"}.get(first_past.type, ""))
+    past_inputs = [i for i in sess.get_inputs() if contract.PAST_NAME.match(i.name)]
+    num_layers = len(past_inputs) // 2
+    first_past = past_inputs[0]
+    np_dtype = contract.element_type(ort=first_past.type).numpy
     if np_dtype is None:
         raise ValueError(f"validation supports fp32/fp16 graphs with numpy I/O, not {first_past.type}")
     n_kv, head_dim = int(first_past.shape[1]), int(first_past.shape[3])
 
     ids, mask = make_inputs(batch, prompt_len, int(cfg.vocab_size), left_pad=left_pad)
-    past = {n: np.zeros((batch, n_kv, 0, head_dim), dtype=np_dtype) for n in past_names}
+    past = {n: np.zeros((batch, n_kv, 0, head_dim), dtype=np_dtype) for n in contract.past_names(num_layers)}
     cache: Any = None
     cur_ids = ids
     steps: list[dict[str, Any]] = []
@@ -98,11 +90,11 @@ def validate_against_torch(
     for step in range(decode_steps + 1):
         m_np = mask.numpy()
         s = cur_ids.shape[1]
-        pos = position_ids_from_mask(m_np, s)
+        pos = contract.position_ids(m_np, s)
         feeds: dict[str, np.ndarray] = {
-            "input_ids": cur_ids.numpy().astype(np.int64),
-            "attention_mask": m_np.astype(np.int64),
-            "position_ids": pos,
+            contract.INPUT_IDS: cur_ids.numpy().astype(np.int64),
+            contract.ATTENTION_MASK: m_np.astype(np.int64),
+            contract.POSITION_IDS: pos,
             **past,
         }
         outs = dict(zip(out_names, sess.run(None, feeds), strict=True))
@@ -116,7 +108,7 @@ def validate_against_torch(
             )
         cache = ref.cache
         ref_logits = _to_np(ref.logits)
-        got_logits = outs["logits"]
+        got_logits = outs[contract.LOGITS]
         if got_logits.shape[1] == 1 and ref_logits.shape[1] != 1:
             ref_logits, q_valid = ref_logits[:, -1:], m_np[:, -1:]
         else:
@@ -125,12 +117,13 @@ def validate_against_torch(
         d_logits = float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
         d_kv = 0.0
         present_len = m_np.shape[1]
-        for i in range(len(past_names) // 2):
-            pk, pv = outs[f"present.{i}.key"], outs[f"present.{i}.value"]
-            shapes_ok &= pk.shape == (batch, n_kv, present_len, head_dim) and pv.shape == pk.shape
-            rk, rv = _cache_kv(cache, i)
-            d_kv = max(d_kv, _kv_diff(rk, pk, m_np), _kv_diff(rv, pv, m_np))
-            past[f"past_key_values.{i}.key"], past[f"past_key_values.{i}.value"] = pk, pv
+        presents = contract.present_names(num_layers)
+        for i, (past_name, present_name) in enumerate(zip(contract.past_names(num_layers), presents, strict=True)):
+            got = outs[present_name]
+            shapes_ok &= got.shape == (batch, n_kv, present_len, head_dim)
+            rk, rv = _cache_kv(cache, i // 2)
+            d_kv = max(d_kv, _kv_diff(rv if i % 2 else rk, got, m_np))
+            past[past_name] = got
         steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": present_len})
         cur_ids = torch.randint(1, int(cfg.vocab_size), (batch, 1), generator=gen)
         mask = torch.cat((mask, torch.ones(batch, 1, dtype=torch.long)), dim=1)

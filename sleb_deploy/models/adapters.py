@@ -19,46 +19,104 @@ from sleb_deploy.errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
+class ExportTraits:
+    """How a family's forward is wired, as data: the ONNX exporter (``export/decoder_module.py``) reads these
+    and never branches on a family name. Things every family spells the same way in its config (sliding
+    windows' ``layer_types``, ``attn_logit_softcapping``, ``final_logit_softcapping``, per-layer-type rope
+    parameters, q/k norms) are read from the config and the modules, not listed here.
+    """
+
+    norm: str = "rms"  # "rms": x * w (fp32 math); "rms_offset": x * (1 + w) (Gemma); "layer": LayerNorm (OPT)
+    qkv: str = "separate"  # "separate": q_proj/k_proj/v_proj, fused by the exporter; "fused": qkv_proj (Phi-3)
+    mlp: str = "gated"  # "gated": gate_proj/up_proj/down_proj; "gated_fused": gate_up_proj (Phi-3); "fc": fc1/fc2
+    mlp_path: str = "mlp"  # where the MLP's linears live, relative to the block ("" = on the block itself)
+    attn_out: str = "o_proj"  # the attention output projection (OPT: out_proj)
+    pre_norms: tuple[str, str] = ("input_layernorm", "post_attention_layernorm")  # before attention, before MLP
+    post_norms: tuple[str, str] | None = None  # Gemma's sandwich: after attention, after the MLP
+    post_ln_flag: str | None = None  # config flag that is False for post-LN blocks (OPT: do_layer_norm_before)
+    query_prescale: bool = False  # q is scaled before the dot product, the attention scale is then 1 (OPT)
+    attn_scale: str = "head_dim"  # "head_dim": head_dim**-0.5; "query_pre_attn_scalar": its **-0.5 (Gemma)
+    rotary_path: str | None = "model.rotary_emb"  # the rotary module (None: learned positions)
+    sliding: str = "layer_types"  # which layers use config.sliding_window: "layer_types" | "every_layer"
+    embed_path: str = "model.embed_tokens"
+    pos_embed_path: str | None = None  # learned positions' table (OPT)
+    project_in_path: str | None = None  # OPT-350m's embedding projections
+    project_out_path: str | None = None
+
+
+_GEMMA = ExportTraits(
+    norm="rms_offset",
+    pre_norms=("input_layernorm", "pre_feedforward_layernorm"),
+    post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
+    attn_scale="query_pre_attn_scalar",
+)
+_OPT = ExportTraits(
+    norm="layer",
+    mlp="fc",
+    mlp_path="",
+    attn_out="out_proj",
+    pre_norms=("self_attn_layer_norm", "final_layer_norm"),
+    post_ln_flag="do_layer_norm_before",
+    query_prescale=True,
+    rotary_path=None,
+    embed_path="model.decoder.embed_tokens",
+    pos_embed_path="model.decoder.embed_positions",
+    project_in_path="model.decoder.project_in",
+    project_out_path="model.decoder.project_out",
+)
+
+
+@dataclass(frozen=True)
 class Adapter:
-    """Where a family keeps its blocks; `per_block_keys` are config lists with one entry per block."""
+    """One row of the family table: where a family keeps its blocks, which config lists are per block,
+    how its forward is wired for export (``traits``), and how its calibration windows start (``window_bos``:
+    "always" where the model was trained with BOS at the start of every sequence and scores far worse
+    without it, e.g. Gemma; "never" keeps the official SLEB code's stream windows)."""
 
     model_type: str
-    blocks_path: str
-    final_norm_path: str
+    blocks_path: str = "model.layers"
+    final_norm_path: str = "model.norm"
     per_block_keys: tuple[str, ...] = ("layer_types",)
+    traits: ExportTraits = ExportTraits()
+    window_bos: str = "never"
 
-    def _resolve(self, model: nn.Module, path: str) -> Any:
+    def resolve(self, model: nn.Module, path: str | None) -> Any:
+        """The sub-module at a dotted ``path`` (None when the path is None or a part is missing/None)."""
+        if not path:
+            return None
         obj: Any = model
         for part in path.split("."):
-            obj = getattr(obj, part)
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
         return obj
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        blocks = self._resolve(model, self.blocks_path)
+        blocks = self.resolve(model, self.blocks_path)
         if not isinstance(blocks, nn.ModuleList):
             raise TypeError(f"{self.blocks_path} of {type(model).__name__} is not a ModuleList")
         return blocks
 
     def set_blocks(self, model: nn.Module, blocks: nn.ModuleList) -> None:
         parent_path, _, name = self.blocks_path.rpartition(".")
-        setattr(self._resolve(model, parent_path), name, blocks)
+        setattr(self.resolve(model, parent_path), name, blocks)
 
     def final_norm(self, model: nn.Module) -> nn.Module | None:
-        norm = self._resolve(model, self.final_norm_path)
+        norm = self.resolve(model, self.final_norm_path)
         return norm if isinstance(norm, nn.Module) else None
 
 
 _ADAPTERS: dict[str, Adapter] = {
     a.model_type: a
     for a in (
-        Adapter("llama", "model.layers", "model.norm"),
-        Adapter("mistral", "model.layers", "model.norm"),
-        Adapter("qwen2", "model.layers", "model.norm"),
-        Adapter("qwen3", "model.layers", "model.norm"),
-        Adapter("phi3", "model.layers", "model.norm"),
-        Adapter("gemma2", "model.layers", "model.norm"),
-        Adapter("gemma3_text", "model.layers", "model.norm"),
-        Adapter("opt", "model.decoder.layers", "model.decoder.final_layer_norm"),
+        Adapter("llama"),
+        Adapter("mistral", traits=ExportTraits(sliding="every_layer")),
+        Adapter("qwen2"),
+        Adapter("qwen3"),
+        Adapter("phi3", traits=ExportTraits(qkv="fused", mlp="gated_fused", sliding="every_layer")),
+        Adapter("gemma2", traits=_GEMMA, window_bos="always"),
+        Adapter("gemma3_text", traits=_GEMMA, window_bos="always"),
+        Adapter("opt", "model.decoder.layers", "model.decoder.final_layer_norm", traits=_OPT),
     )
 }
 

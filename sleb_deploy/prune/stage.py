@@ -9,24 +9,33 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sleb_deploy.artifacts import check_writable_target, environment, staged_dir, write_json
-from sleb_deploy.data import DEFAULT_CALIB, DEFAULT_EVAL, draw_windows
+from sleb_deploy.config import DEFAULT_RATIO, METRICS, SCORERS, PruneConfig
+from sleb_deploy.data import draw_windows, resolve_window_bos
 from sleb_deploy.errors import ArtifactError, SlebDeployError, UserInputError
 from sleb_deploy.evaluate import perplexity
 from sleb_deploy.models.adapters import adapter_for, remove_blocks
-from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, read_num_blocks, resolve_model
-from sleb_deploy.models.zoo import DEFAULT_MODEL
+from sleb_deploy.models.load import (
+    ModelSource,
+    load_model,
+    load_tokenizer,
+    read_model_type,
+    read_num_blocks,
+    resolve_model,
+)
+from sleb_deploy.prune.manifest import SlebManifest, SourceModel
 from sleb_deploy.prune.scoring import BlockCounter, CachedScorer, NaiveScorer, block_influence
 from sleb_deploy.prune.select import Phase, check_barriers, num_to_remove, one_shot_select, sleb_select
 
-MANIFEST = "sleb.json"
-SCHEMA = "sleb-deploy/sleb@1"
-METRICS = ("sleb", "block-influence")
-SCORERS = ("cached", "naive")
+METHOD_LABELS = {
+    "sleb": "SLEB (Song et al. 2024): greedy, iterative, calibration NLL with the block skipped",
+    "block-influence": "baseline: ShortGPT block influence, one-shot, 1 - cos(in, out)",
+    "blocks": "user-given block list",
+}
 
 # on_candidate(phase_index, phases_total, done, total)
 CandidateHook = Callable[[int, int, int, int], None]
@@ -34,60 +43,6 @@ CandidateHook = Callable[[int, int, int, int], None]
 
 class PruneInterrupted(SlebDeployError):
     exit_code = 130
-
-
-@dataclass
-class PruneConfig:
-    """Everything `sleb-deploy prune` takes; defaults are the CLI's defaults."""
-
-    model: str = DEFAULT_MODEL
-    out: Path | None = None  # default: export/<model name>/hf-pruned
-    calib: str = DEFAULT_CALIB
-    windows: int = 8
-    seq_len: int = 256
-    seed: int = 0
-    remove: int | None = None
-    ratio: float | None = None  # 0.2 when neither remove nor ratio nor blocks is given
-    metric: str = "sleb"
-    blocks: list[int] | None = None
-    scorer: str = "cached"
-    early_barrier: int = 1
-    latter_barrier: int = 1
-    eval_text: str = DEFAULT_EVAL
-    eval_windows: int = 16
-    batch_size: int = 1
-    dtype: str = "auto"
-    device: str = "cpu"
-    resume: bool = False
-    force: bool = False
-
-
-@dataclass
-class PruneResult:
-    out: Path
-    num_blocks: int
-    removed: list[int]  # original indices, in removal order
-    kept: list[int]
-    phases: list[Phase]
-    calibration: dict[str, Any] | None
-    perplexity: dict[str, Any]
-    block_forwards: int
-    seconds: float
-    resumed_phases: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out),
-            "num_blocks": self.num_blocks,
-            "removed": self.removed,
-            "kept": self.kept,
-            "phases": [p.to_json() for p in self.phases],
-            "calibration": self.calibration,
-            "perplexity": self.perplexity,
-            "block_forwards": self.block_forwards,
-            "seconds": round(self.seconds, 2),
-            "resumed_phases": self.resumed_phases,
-        }
 
 
 def model_name(spec: str) -> str:
@@ -126,7 +81,7 @@ def _load_progress(path: Path, fingerprint: dict[str, Any]) -> list[Phase]:
     return [Phase.from_json(p) for p in data["phases"]]
 
 
-def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> PruneResult:
+def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> SlebManifest:
     """Run SLEB (or a baseline) and write the pruned checkpoint; see the module docstring."""
     _validate(cfg)
     start = time.perf_counter()
@@ -138,17 +93,18 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> PruneR
         removed = _check_blocks(cfg.blocks, n)
         k = len(removed)
     else:
-        ratio = 0.2 if cfg.remove is None and cfg.ratio is None else cfg.ratio
+        ratio = DEFAULT_RATIO if cfg.remove is None and cfg.ratio is None else cfg.ratio
         k = num_to_remove(n, cfg.remove, ratio)
         if cfg.metric == "sleb":
             check_barriers(n, k, cfg.early_barrier, cfg.latter_barrier)
 
     # Text first: a too-short calibration file fails before the weights are loaded.
+    bos = resolve_window_bos(cfg.window_bos, read_model_type(source))
     tokenizer = load_tokenizer(source)
-    eval_ids, eval_spec = draw_windows(tokenizer, cfg.eval_text, cfg.eval_windows, cfg.seq_len, None, "eval")
+    eval_ids, eval_spec = draw_windows(tokenizer, cfg.eval_text, cfg.eval_windows, cfg.seq_len, None, "eval", bos=bos)
     calib_ids = calib_spec = None
     if cfg.blocks is None:
-        calib_ids, calib_spec = draw_windows(tokenizer, cfg.calib, cfg.windows, cfg.seq_len, cfg.seed)
+        calib_ids, calib_spec = draw_windows(tokenizer, cfg.calib, cfg.windows, cfg.seq_len, cfg.seed, bos=bos)
     model = load_model(source, cfg.dtype, cfg.device)
     blocks = adapter_for(model).blocks(model)
     if len(blocks) != n:
@@ -175,26 +131,39 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> PruneR
     kept = [i for i in range(n) if i not in removed]
     remove_blocks(model, kept)
     pruned_ppl = perplexity(model, eval_ids, cfg.batch_size)
-    seconds = time.perf_counter() - start
-    result = PruneResult(
-        out=out.absolute(),
-        num_blocks=n,
-        removed=removed,
-        kept=kept,
-        phases=phases,
+    method = "blocks" if cfg.blocks is not None else cfg.metric
+    manifest = SlebManifest(
+        model=SourceModel(**source.to_json(), model_type=str(model.config.model_type), num_blocks=n),
+        method={
+            "metric": method,
+            "label": METHOD_LABELS[method],
+            "scorer": cfg.scorer if method == "sleb" else None,
+            "barriers": [cfg.early_barrier, cfg.latter_barrier],
+            "dtype": cfg.dtype,
+            "batch_size": cfg.batch_size,
+            "window_bos": {"choice": cfg.window_bos, "used": bos},
+        },
         calibration=calib_spec.to_json() if calib_spec is not None else None,
+        removal_order=removed,
+        kept_blocks=kept,
+        num_blocks_after=len(kept),
+        phases=[p.to_json() for p in phases],
         perplexity={"eval": eval_spec.to_json(), "dense": dense_ppl.to_json(), "pruned": pruned_ppl.to_json()},
-        block_forwards=counter.count,
-        seconds=seconds,
-        resumed_phases=resumed,
+        cost={
+            "block_forwards": counter.count,
+            "seconds": round(time.perf_counter() - start, 2),
+            "resumed_phases": resumed,
+        },
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        environment=environment(),
     )
-    manifest = _manifest(cfg, source, result, str(model.config.model_type))
     with staged_dir(out, cfg.force) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / MANIFEST, manifest)
+        manifest.write(tmp)
     progress_path(out).unlink(missing_ok=True)
-    return result
+    manifest.directory = out.absolute()
+    return manifest
 
 
 def _check_blocks(blocks: list[int], n: int) -> list[int]:
@@ -252,32 +221,3 @@ def _run_sleb(
             "run the same command with --resume to continue"
         ) from None
     return phases, len(done)
-
-
-def _manifest(cfg: PruneConfig, source: ModelSource, result: PruneResult, model_type: str) -> dict[str, Any]:
-    method = "blocks" if cfg.blocks is not None else cfg.metric
-    return {
-        "schema": SCHEMA,
-        "model": {**source.to_json(), "model_type": model_type, "num_blocks": result.num_blocks},
-        "method": {
-            "metric": method,
-            "label": {
-                "sleb": "SLEB (Song et al. 2024): greedy, iterative, calibration NLL with the block skipped",
-                "block-influence": "baseline: ShortGPT block influence, one-shot, 1 - cos(in, out)",
-                "blocks": "user-given block list",
-            }[method],
-            "scorer": cfg.scorer if method == "sleb" else None,
-            "barriers": [cfg.early_barrier, cfg.latter_barrier],
-            "dtype": cfg.dtype,
-            "batch_size": cfg.batch_size,
-        },
-        "calibration": result.calibration,
-        "removal_order": result.removed,
-        "kept_blocks": result.kept,
-        "num_blocks_after": len(result.kept),
-        "phases": [p.to_json() for p in result.phases],
-        "perplexity": result.perplexity,
-        "cost": {"block_forwards": result.block_forwards, "seconds": round(result.seconds, 2)},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "environment": environment(),
-    }

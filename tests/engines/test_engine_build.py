@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tiny import ExportCache
 
+from sleb_deploy.contract import input_names, output_names
 from sleb_deploy.engines import BuildConfig, build_engine
-from sleb_deploy.engines.profiles import input_names
 from sleb_deploy.errors import ArtifactError, MissingDependencyError, UserInputError
+from sleb_deploy.export.manifest import ExportManifest
+from sleb_deploy.models.load import ModelSource
 
 CFG = BuildConfig(max_batch=2, max_input_len=16, max_context_len=32)
 
@@ -30,19 +33,20 @@ class OnnxDirs:
 
     def get(self, dtype: str = "fp32", num_layers: int = 3) -> Path:
         _, path, spec = self.exports.get("llama", dtype=dtype, num_layers=num_layers)
-        if dtype != "fp32" and not (path.parent / "export.json").exists():
-            (path.parent / "export.json").write_text(json.dumps({"schema": "test", "graph": spec.to_dict()}))
+        if dtype != "fp32" and not ExportManifest.exists(path.parent):
+            write_export_manifest(path.parent, spec)
         return path.parent
+
+
+def write_export_manifest(directory: Path, spec: Any) -> None:
+    source = ModelSource("tiny", "local", str(directory), None)
+    ExportManifest(model=source, graph=spec, validation={}, pruning={"pruned": False}, options={}).write(directory)
 
 
 @pytest.fixture
 def onnx_dirs(exports: ExportCache) -> OnnxDirs:
     pytest.importorskip("onnx")
     return OnnxDirs(exports)
-
-
-def _outputs(num_layers: int) -> list[str]:
-    return ["logits"] + [f"present.{i}.{k}" for i in range(num_layers) for k in ("key", "value")]
 
 
 def _check_engine(out: Path, num_layers: int, kv_dtype: str) -> dict[str, Any]:
@@ -55,7 +59,7 @@ def _check_engine(out: Path, num_layers: int, kv_dtype: str) -> dict[str, Any]:
         assert list(prof["shapes"]) == input_names(num_layers)
     io = {row["name"]: row for row in manifest["io"]}
     assert [r["name"] for r in manifest["io"] if r["mode"] == "input"] == input_names(num_layers)
-    assert [r["name"] for r in manifest["io"] if r["mode"] == "output"] == _outputs(num_layers)
+    assert [r["name"] for r in manifest["io"] if r["mode"] == "output"] == output_names(num_layers)
     assert manifest["int64_inputs"] == ["input_ids", "attention_mask", "position_ids"]
     assert io["past_key_values.0.key"]["dtype"] == io["present.0.value"]["dtype"] == kv_dtype
     assert io["past_key_values.0.key"]["dims"] == ["batch_size", 2, "past_sequence_length", 8]
@@ -65,44 +69,52 @@ def _check_engine(out: Path, num_layers: int, kv_dtype: str) -> dict[str, Any]:
     return manifest
 
 
+@pytest.mark.trt
 def test_builds_fp32_opset23(onnx_dirs: OnnxDirs, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
     result = build_engine(onnx_dirs.get("fp32"), tmp_path / "e", CFG)
-    manifest = _check_engine(result.out_dir, 3, "FLOAT")
-    assert result.backend == "tensorrt_rtx" and result.num_layers == 3
+    assert result.directory is not None
+    manifest = _check_engine(result.directory, 3, "FLOAT")
+    assert result.backend["module"] == "tensorrt_rtx" and result.num_layers == 3
     assert manifest["build_options"]["attention_layers_marked_decomposable"] > 0  # fp32 needs it
     assert manifest["source"]["export"] is None
 
 
+@pytest.mark.trt
 def test_builds_fp16_with_export_manifest(onnx_dirs: OnnxDirs, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
     result = build_engine(onnx_dirs.get("fp16"), tmp_path / "e", CFG, backend="tensorrt_rtx")
-    manifest = _check_engine(result.out_dir, 3, "HALF")
+    assert result.directory is not None
+    manifest = _check_engine(result.directory, 3, "HALF")
     assert manifest["source"]["export"]["graph"]["dtype"] == "fp16"
 
 
+@pytest.mark.trt
 def test_pruned_build_reuses_dense_timing_cache(onnx_dirs: OnnxDirs, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
     dense = build_engine(onnx_dirs.get("fp16", num_layers=4), tmp_path / "dense", CFG)
-    seed = dense.out_dir / "timing.cache"
+    seed = tmp_path / "dense" / "timing.cache"
     pruned = build_engine(onnx_dirs.get("fp16", num_layers=3), tmp_path / "pruned", CFG, timing_cache=seed)
-    manifest = _check_engine(pruned.out_dir, 3, "HALF")
+    manifest = _check_engine(tmp_path / "pruned", 3, "HALF")
     cache = manifest["timing_cache"]
     assert cache["seeded_from"] == str(seed) and cache["file"] == "timing.cache"
     # TensorRT-RTX ignores timing caches (and says so); full TensorRT honours them.
-    assert cache["honoured_by_backend"] is False and pruned.timing_cache_reused is False
+    assert cache["honoured_by_backend"] is False and pruned.timing_cache["seed_accepted"] is False
+    assert dense.timing_cache["seeded_from"] is None
 
 
+@pytest.mark.trt
 def test_unusable_timing_cache_falls_back(onnx_dirs: OnnxDirs, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
     junk = tmp_path / "junk.cache"
     junk.write_bytes(b"not a timing cache")
     result = build_engine(onnx_dirs.get("fp16"), tmp_path / "e", CFG, timing_cache=junk)
-    assert result.plan.is_file() and not result.timing_cache_reused
+    assert (tmp_path / "e" / result.plan).is_file() and not result.timing_cache["seed_accepted"]
     with pytest.raises(UserInputError, match="not found"):
         build_engine(onnx_dirs.get("fp16"), tmp_path / "e2", CFG, timing_cache=tmp_path / "missing.cache")
 
 
+@pytest.mark.trt
 def test_existing_output_needs_force(onnx_dirs: OnnxDirs, tmp_path: Path) -> None:
     out = tmp_path / "e"
     out.mkdir()
@@ -115,14 +127,34 @@ def test_existing_output_needs_force(onnx_dirs: OnnxDirs, tmp_path: Path) -> Non
     _check_engine(out, 3, "HALF")
 
 
+@pytest.mark.trt
 def test_export_manifest_disagreeing_with_graph(onnx_dirs: OnnxDirs, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
     src = onnx_dirs.get("fp32")
     bad = tmp_path / "onnx"
     bad.mkdir()
     (bad / "model.onnx").write_bytes((src / "model.onnx").read_bytes())
-    (bad / "export.json").write_text(json.dumps({"graph": {"num_layers": 7}}))
+    _, _, spec = onnx_dirs.exports.get("llama")
+    write_export_manifest(bad, replace(spec, num_layers=7))
     with pytest.raises(ArtifactError, match="7 layers"):
+        build_engine(bad, tmp_path / "e", CFG)
+    assert not (tmp_path / "e").exists()
+
+
+def test_export_manifest_of_another_schema(onnx_dirs: OnnxDirs, tmp_path: Path) -> None:
+    """An export.json without our schema (hand-made, or another version's) is named, field and file."""
+    bad = tmp_path / "onnx"
+    bad.mkdir()
+    (bad / "model.onnx").write_bytes((onnx_dirs.get("fp32") / "model.onnx").read_bytes())
+    (bad / "export.json").write_text(json.dumps({"graph": {"num_layers": 7}}))
+    with pytest.raises(ArtifactError, match=r"export\.json: schema is None.*re-run"):
+        build_engine(bad, tmp_path / "e", CFG)
+    _, _, spec = onnx_dirs.exports.get("llama")
+    write_export_manifest(bad, spec)
+    data = json.loads((bad / "export.json").read_text())
+    data["graph"]["num_layers"] = "three"
+    (bad / "export.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"export\.json: field 'graph'.*field 'num_layers': expected int"):
         build_engine(bad, tmp_path / "e", CFG)
     assert not (tmp_path / "e").exists()
 
@@ -133,7 +165,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(b"")
     with pytest.raises(UserInputError, match="exceeds"):
         build_engine(tmp_path, tmp_path / "e", BuildConfig(max_input_len=64, max_context_len=32))
-    with pytest.raises(UserInputError, match="unknown backend"):
+    with pytest.raises(UserInputError, match="unknown engine backend"):
         build_engine(tmp_path, tmp_path / "e", CFG, backend="onnxruntime")
 
 

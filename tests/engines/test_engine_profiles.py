@@ -7,13 +7,8 @@ import sys
 
 import pytest
 
-from sleb_deploy.engines.profiles import (
-    PROFILE_NAMES,
-    BuildConfig,
-    input_names,
-    optimization_profiles,
-    profiles_to_json,
-)
+from sleb_deploy.contract import input_names
+from sleb_deploy.engines.profiles import PROFILE_NAMES, BuildConfig, optimization_profiles, profiles_to_json
 from sleb_deploy.errors import UserInputError
 
 CONFIGS = [

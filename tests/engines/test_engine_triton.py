@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from sleb_deploy.engines.build import EngineManifest
 from sleb_deploy.engines.profiles import BuildConfig, optimization_profiles, profiles_to_json
 from sleb_deploy.engines.triton import write_triton_repository
 from sleb_deploy.errors import ArtifactError
@@ -20,7 +20,11 @@ def _engine(tmp_path: Path, kv_dtype: str = "HALF") -> Path:
     out = tmp_path / "engine"
     out.mkdir()
     (out / "model.plan").write_bytes(b"plan")
-    (out / "engine.json").write_text(json.dumps({"plan": "model.plan", "io": io, "profiles": profiles}))
+    EngineManifest(
+        backend={"module": "tensorrt", "version": "10.13"}, gpu=None, plan="model.plan", plan_bytes=4,
+        timing_cache={}, build_options={}, precision="from the ONNX", num_layers=1, num_kv_heads=2, head_dim=8,
+        int64_inputs=["input_ids", "attention_mask"], profiles=profiles, io=io, source={}, build_seconds=1.0,
+    ).write(out)  # fmt: skip
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from sleb_deploy.cli import app
-from sleb_deploy.errors import UserInputError, ValidationError
-from sleb_deploy.export.stage import ExportConfig, check_external_data, export_checkpoint
+from sleb_deploy.errors import ValidationError
+from sleb_deploy.export.manifest import ExportManifest
+from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+from sleb_deploy.prune.manifest import SlebManifest
 
 runner = CliRunner()
 
@@ -50,9 +53,10 @@ def test_pruned_export_records_pruning(llama_dir: Path, text_file: Path, tmp_pat
             str(text_file), "--seq-len", "32", "--eval-windows", "2", "--quiet"]  # fmt: skip
     assert runner.invoke(app, args).exit_code == 0
     result = export_checkpoint(str(pruned), tmp_path / "onnx", ExportConfig())
-    assert result.graph["num_layers"] == 4
+    assert result.graph.num_layers == 4
     assert result.pruning["pruned"] and result.pruning["removal_order"] == [1, 3]
-    assert len(result.graph["input_names"]) == 3 + 2 * 4
+    assert len(result.graph.input_names) == 3 + 2 * 4
+    assert ExportManifest.read(tmp_path / "onnx") == result  # the stage's result is its manifest, field for field
 
 
 def test_validation_failure_writes_nothing(llama_dir: Path, tmp_path: Path) -> None:
@@ -80,24 +84,12 @@ def test_bad_input(tmp_path: Path, llama_dir: Path) -> None:
         assert r.stderr.count("\n") == 1
 
 
-def test_too_big_for_protobuf_without_external_data() -> None:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(vocab_size=1 << 20, hidden_size=640, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
-    with torch.device("meta"):  # shapes only: 2 x 1M x 640 fp32 = 5 GB, nothing allocated
-        model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(UserInputError, match="over protobuf's 2 GB limit"):
-        check_external_data(model, "fp32", external_data=False)
-    check_external_data(model, "fp32", external_data=None)  # the default moves weights to model.onnx_data
-
-
 def test_pipeline_reuses_and_refuses(
     llama_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     common = ["export", "--model", str(llama_dir), "--calib", str(text_file), "--windows", "2", "--seq-len", "32",
-              "--eval-text", str(text_file), "--eval-windows", "2", "--engines", "none", "--quiet"]  # fmt: skip
+              "--eval-text", str(text_file), "--eval-windows", "2", "--engines", "none"]  # fmt: skip
     args = [*common, "--remove", "1"]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.stderr
@@ -106,8 +98,26 @@ def test_pipeline_reuses_and_refuses(
     assert {p.name for p in ws.iterdir()} == {"hf-pruned", "dense", "pruned"}
     assert data["dense"]["graph"]["num_layers"] == 6 and data["pruned"]["graph"]["num_layers"] == 5
     assert data["engines"]["backend"] is None and "Dockerfile.trt" in data["engines"]["note"]
+    assert data["dense"]["model"]["spec"] == str(llama_dir.resolve())  # a local checkpoint: its directory
     again = runner.invoke(app, args)
     assert again.exit_code == 3 and "already exists" in again.stderr  # dense/pruned exist: nothing redone
-    other = runner.invoke(app, [*common, "--remove", "2", "--force"])  # other settings: prunes again
-    assert other.exit_code == 0, other.stderr
-    assert json.loads((ws / "hf-pruned" / "sleb.json").read_text())["num_blocks_after"] == 4
+
+    # The same settings with the exports gone: the pruned checkpoint is reused, not pruned again.
+    sleb_before = (ws / "hf-pruned" / "sleb.json").read_bytes()
+    shutil.rmtree(ws / "dense")
+    shutil.rmtree(ws / "pruned")
+    reused = runner.invoke(app, args)
+    assert reused.exit_code == 0, reused.stderr
+    lines = reused.stderr.splitlines()
+    assert any(x.startswith("reusing ") for x in lines) and not any(x.startswith("pruning ") for x in lines)
+    assert (ws / "hf-pruned" / "sleb.json").read_bytes() == sleb_before
+
+    # Other block-choosing settings: refused without --force, nothing touched; with --force pruned again.
+    shutil.rmtree(ws / "dense")
+    shutil.rmtree(ws / "pruned")
+    other = runner.invoke(app, [*common, "--remove", "2", "--quiet"])
+    assert other.exit_code == 3 and "pruned with other settings" in other.stderr, other.stderr
+    assert (ws / "hf-pruned" / "sleb.json").read_bytes() == sleb_before and not (ws / "dense").exists()
+    forced = runner.invoke(app, [*common, "--remove", "2", "--force", "--quiet"])
+    assert forced.exit_code == 0, forced.stderr
+    assert SlebManifest.read(ws / "hf-pruned").num_blocks_after == 4

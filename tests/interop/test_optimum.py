@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from tiny import FAMILIES
 
+pytestmark = pytest.mark.interop
 ROOT = Path(__file__).resolve().parents[2]
 OPTIMUM_PYTHON = Path(os.environ.get("SLEB_OPTIMUM_VENV", ROOT / ".venv-optimum")) / "bin" / "python"
 CHECK = Path(__file__).with_name("optimum_check.py")

@@ -29,7 +29,7 @@ def test_unknown_model_type_names_supported_ones() -> None:
     with pytest.raises(UnsupportedModelError, match="llama") as err:
         get_adapter("gpt2")
     assert "gpt2" in str(err.value)
-    assert set(FAMILIES) <= set(SUPPORTED_MODEL_TYPES)
+    assert set(FAMILIES) == set(SUPPORTED_MODEL_TYPES)  # every row of the family table has a tiny model
 
 
 @pytest.mark.parametrize("family", FAMILIES)

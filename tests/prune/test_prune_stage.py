@@ -33,13 +33,14 @@ def test_prune_json_and_checkpoint(llama_dir: Path, text_file: Path, tmp_path: P
     assert code == 0
     data = json.loads(stdout)  # one JSON object and nothing else on stdout
     first = data["phases"][0]["scores"]
-    assert data["removed"][0] == int(min(first, key=first.get))
-    assert len(data["removed"]) == 2 and data["kept"] == [i for i in range(6) if i not in data["removed"]]
+    removed = data["removal_order"]
+    assert removed[0] == int(min(first, key=first.get))
+    assert len(removed) == 2 and data["kept_blocks"] == [i for i in range(6) if i not in removed]
     assert data["calibration"]["tokens"] == 4 * 32
     assert all(len(p["scores"]) == 4 - i for i, p in enumerate(data["phases"]))
     assert data["perplexity"]["dense"]["ppl"] > 1
     manifest = json.loads((out / "sleb.json").read_text())
-    assert manifest["removal_order"] == data["removed"]
+    assert manifest == data  # --json prints the manifest itself
     assert manifest["model"]["checksum"] and manifest["calibration"]["token_sha256"]
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 4
@@ -62,9 +63,9 @@ def test_local_text_windows_are_consecutive_from_start(llama_dir: Path, text_fil
 def test_block_influence_and_blocks_baselines(llama_dir: Path, text_file: Path, tmp_path: Path) -> None:
     code, stdout, _ = run(*base_args(llama_dir, text_file, tmp_path / "bi"), "--metric", "block-influence",
                           "--remove", "1", "--json")  # fmt: skip
-    assert code == 0 and json.loads(stdout)["removed"] == [3]  # the fixture's identity block: cos(in, out) = 1
+    assert code == 0 and json.loads(stdout)["removal_order"] == [3]  # the identity block: cos(in, out) = 1
     code, stdout, _ = run(*base_args(llama_dir, text_file, tmp_path / "bl"), "--blocks", "2,4", "--json")
-    assert code == 0 and json.loads(stdout)["removed"] == [2, 4]
+    assert code == 0 and json.loads(stdout)["removal_order"] == [2, 4]
     manifest = json.loads((tmp_path / "bl" / "sleb.json").read_text())
     assert manifest["method"]["metric"] == "blocks"
 
@@ -134,9 +135,9 @@ def test_interrupted_run_leaves_nothing_and_resumes(llama_dir: Path, text_file: 
 
     seen: list[int] = []
     resumed = prune(PruneConfig(**{**cfg.__dict__, "resume": True}), on_candidate=lambda p, k, d, t: seen.append(p))
-    assert resumed.resumed_phases == 1 and 0 not in seen
-    assert resumed.removed == reference.removed
-    assert [p.scores for p in resumed.phases] == [p.scores for p in reference.phases]
+    assert resumed.cost["resumed_phases"] == 1 and 0 not in seen
+    assert resumed.removal_order == reference.removal_order
+    assert [p["scores"] for p in resumed.phases] == [p["scores"] for p in reference.phases]
     assert not progress_path(out).exists()
 
 

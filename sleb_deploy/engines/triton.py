@@ -1,10 +1,15 @@
 """Write a Triton model repository (``tensorrt_plan`` platform) for a built engine, from its engine.json.
 
 Layout: ``<repo>/<name>/config.pbtxt`` + ``<repo>/<name>/1/model.plan``. ``max_batch_size`` is 0 because
-the batch dimension is explicit in every tensor (a KV cache cannot be batched by Triton's scheduler), and
-there is one instance group per optimization profile (profile "0" prefill, "1" decode): Triton picks the
-instance whose profile fits the request's shapes. The KV-cache loop stays with the client or an ensemble
-(see engines/README.md). Nothing here needs TensorRT or Triton: it is text from the manifest.
+the batch dimension is explicit in every tensor (a KV cache cannot be batched by Triton's scheduler).
+
+One instance group lists **every** optimization profile (prefill "0" and decode "1"). Triton's scheduler
+hands a request to any instance, and the TensorRT backend then picks the best profile *among the profiles
+listed for that instance* (tensorrt_backend ``GetMostOptimizedProfile``; ``instance_group.profile`` is "the
+set of optimization profiles available to this instance group"). One group per profile would send decode
+requests to prefill-only instances, outside their profile. The KV-cache loop stays with the client or an
+ensemble (see engines/README.md). Nothing here needs TensorRT or Triton: it is text from the manifest, and
+the tests parse it into Triton's ``ModelConfig`` protobuf.
 """
 
 from __future__ import annotations
@@ -38,10 +43,9 @@ def config_pbtxt(manifest: EngineManifest, name: str) -> str:
         raise ArtifactError("engine.json has no I/O table: rebuild the engine with this version of sleb-deploy")
     inputs = ",\n".join(tensor(r) for r in io if r["mode"] == "input")
     outputs = ",\n".join(tensor(r) for r in io if r["mode"] == "output")
-    groups = ",\n".join(
-        f'  {{\n    kind: KIND_GPU\n    count: 1\n    profile: [ "{p["index"]}" ]\n  }}  # {p["name"]}'
-        for p in manifest.profiles
-    )
+    profiles = ", ".join(f'"{p["index"]}"' for p in manifest.profiles)
+    names = ", ".join(p["name"] for p in manifest.profiles)
+    groups = f"  {{\n    kind: KIND_GPU\n    count: 1\n    profile: [ {profiles} ]  # {names}\n  }}"
     return (
         f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: 0\n'
         f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\ninstance_group [\n{groups}\n]\n"

@@ -87,6 +87,15 @@ def test_builds_fp16_with_export_manifest(onnx_dirs: OnnxDirs, tmp_path: Path) -
     assert result.directory is not None
     manifest = _check_engine(result.directory, 3, "HALF")
     assert manifest["source"]["export"]["graph"]["dtype"] == "fp16"
+    # Its Triton repository: config.pbtxt parses into Triton's ModelConfig with every binding and both profiles.
+    from test_engine_triton import parse_config
+
+    from sleb_deploy.engines.triton import write_triton_repository
+
+    repo = write_triton_repository(result.directory, tmp_path / "triton")
+    config = parse_config((repo / "config.pbtxt").read_text())
+    assert [t.name for t in config.input] == input_names(3) and [t.name for t in config.output] == output_names(3)
+    assert [list(g.profile) for g in config.instance_group] == [["0", "1"]]
 
 
 @pytest.mark.trt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,14 +29,31 @@ def _engine(tmp_path: Path, kv_dtype: str = "HALF") -> Path:
     return out
 
 
+def parse_config(text: str) -> Any:
+    """``config.pbtxt`` parsed into Triton's own ``ModelConfig`` protobuf, as the server parses it."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, model_config_pb2().ModelConfig())
+
+
+def model_config_pb2() -> Any:
+    return pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+
 def test_writes_repository(tmp_path: Path) -> None:
     repo = write_triton_repository(_engine(tmp_path), tmp_path / "repo", name="tiny")
     assert (repo / "1" / "model.plan").read_bytes() == b"plan"
-    text = (repo / "config.pbtxt").read_text()
-    assert 'platform: "tensorrt_plan"' in text and "max_batch_size: 0" in text
-    assert 'name: "input_ids"\n    data_type: TYPE_INT64\n    dims: [ -1, -1 ]' in text
-    assert "data_type: TYPE_FP16\n    dims: [ -1, 2, -1, 8 ]" in text
-    assert 'profile: [ "0" ]' in text and 'profile: [ "1" ]' in text
+    config = parse_config((repo / "config.pbtxt").read_text())
+    assert config.name == "tiny" and config.platform == "tensorrt_plan" and config.max_batch_size == 0
+    inputs = {t.name: t for t in config.input}
+    assert list(inputs) == ["input_ids", "attention_mask", "past_key_values.0.key"]
+    types = model_config_pb2().DataType
+    assert inputs["input_ids"].data_type == types.Value("TYPE_INT64")
+    assert list(inputs["past_key_values.0.key"].dims) == [-1, 2, -1, 8]
+    assert inputs["past_key_values.0.key"].data_type == types.Value("TYPE_FP16")
+    # One instance group with both profiles: any instance can take a prefill or a decode request.
+    assert len(config.instance_group) == 1
+    assert list(config.instance_group[0].profile) == ["0", "1"]
     with pytest.raises(ArtifactError, match="--force"):
         write_triton_repository(tmp_path / "engine", tmp_path / "repo", name="tiny")
 

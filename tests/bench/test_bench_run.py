@@ -97,8 +97,14 @@ def test_bench_real_short_run(workspace: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_bench_on_cuda(workspace: Path, tmp_path: Path) -> None:
+def test_bench_on_cuda(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """On a CUDA machine with onnxruntime-gpu: both CUDA backends run and record device memory for torch."""
+    from sleb_deploy.bench.backends import unavailable
+
+    missing = [note for key in ("ort-cuda", "torch-cuda") if (note := unavailable(key))]
+    if missing:  # probed when the test runs, never at import or collection
+        pytest.skip("; ".join(missing))
+    workspace: Path = request.getfixturevalue("workspace")  # exported only where the test can run
     text = str(workspace.parent.parent / "text.txt")
     args = ["bench", "--workspace", str(workspace), "--out", str(tmp_path / "r"), "--text", text, *SHORT,
             "--backends", "ort-cuda,torch-cuda", "--no-harness-check"]  # fmt: skip

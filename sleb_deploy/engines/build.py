@@ -151,9 +151,10 @@ def graph_dims(net: Any, onnx_path: Path) -> tuple[int, int, int]:
             f"{onnx_path} does not have the KV-cache inputs of a sleb-deploy export "
             f"(input_ids, attention_mask, position_ids, past_key_values.{{i}}.key|value); got {names[:6]}..."
         )
-    shape = list(net.get_input(names.index("past_key_values.0.key")).shape)
+    first = contract.past_names(1)[0]
+    shape = list(net.get_input(names.index(first)).shape)
     if len(shape) != 4 or shape[1] < 1 or shape[3] < 1:
-        raise ArtifactError(f"{onnx_path}: past_key_values.0.key has shape {shape}, expected [B, heads, past, dim]")
+        raise ArtifactError(f"{onnx_path}: {first} has shape {shape}, expected [B, heads, past, dim]")
     return num_layers, int(shape[1]), int(shape[3])
 
 

@@ -57,9 +57,9 @@ def _rename_dims(proto: Any, axes: dict[str, dict[int, str]]) -> None:
             dim = vi.type.tensor_type.shape.dim[idx]
             dim.ClearField("dim_value")
             dim.dim_param = name
-    if "logits" in axes and 1 not in axes["logits"]:
+    if contract.LOGITS in axes and 1 not in axes[contract.LOGITS]:
         for vi in proto.graph.output:
-            if vi.name == "logits":
+            if vi.name == contract.LOGITS:
                 vi.type.tensor_type.shape.dim[1].dim_value = 1
 
 
@@ -145,12 +145,9 @@ def export_decoder_onnx(
             *empty_past(wrapper, batch, tdtype, past_len),
         ]
         axes = contract.dynamic_axes(wrapper.num_layers, last_logits_only)
-        dyn_in = {n: {k: v for k, v in axes[n].items()} for n in ins}
         dynamic_shapes = (
-            dyn_in["input_ids"],
-            dyn_in["attention_mask"],
-            dyn_in["position_ids"],
-            tuple(dyn_in[n] for n in ins[3:]),
+            *(axes[n] for n in contract.TOKEN_INPUTS),
+            tuple(axes[n] for n in contract.past_names(wrapper.num_layers)),
         )
         with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(

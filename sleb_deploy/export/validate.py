@@ -17,6 +17,7 @@ import torch
 
 from sleb_deploy import contract
 from sleb_deploy._optional import require
+from sleb_deploy.models.adapters import get_adapter
 
 
 def make_inputs(
@@ -69,7 +70,8 @@ def validate_against_torch(
     """
     ort = require("onnxruntime", "onnx")
     cfg = model.config
-    is_opt = cfg.model_type == "opt"
+    # Learned positions (OPT) come from the mask inside HF's forward, which takes no position_ids for them.
+    learned_positions = get_adapter(str(cfg.model_type)).traits.pos_embed_path is not None
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
     past_inputs = [i for i in sess.get_inputs() if contract.PAST_NAME.match(i.name)]
@@ -102,7 +104,7 @@ def validate_against_torch(
             ref = model(
                 input_ids=cur_ids,
                 attention_mask=mask,
-                position_ids=None if is_opt else torch.from_numpy(pos),
+                position_ids=None if learned_positions else torch.from_numpy(pos),
                 cache=cache,
                 use_cache=True,
             )

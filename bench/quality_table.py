@@ -72,7 +72,6 @@ def _row(method: str, ratio: float, out: Path, note: str = "") -> dict[str, Any]
         "pruned_ppl": ppl["pruned"]["ppl"],
         "eval": ppl["eval"],
         "calibration": sleb.calibration,
-        "seconds": sleb.cost.get("seconds"),
         "source": str(out),
         "note": note,
     }
@@ -141,23 +140,26 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Dense ({r['num_blocks']} blocks): perplexity **{r['dense_ppl']:.3f}**.",
         "",
-        "| removed | method | blocks removed (in order) | perplexity | x dense | prune time (s) |",
-        "|---|---|---|---|---|---|",
+        "| removed | method | blocks removed (in order) | perplexity | x dense |",
+        "|---|---|---|---|---|",
     ]
     for row in rows:
         k = r["num_blocks"] - row["blocks_after"]
         label = LABELS[row["method"]] + (f" ({row['note']})" if row.get("note", "").startswith("the first") else "")
         out.append(
             f"| {row['ratio']:.0%} ({k}) | {label} | {row['removed']} | "
-            f"**{row['pruned_ppl']:.3f}** | {row['pruned_ppl'] / r['dense_ppl']:.2f} | {_secs(row['seconds'])} |"
+            f"**{_num(row['pruned_ppl'])}** | {_num(row['pruned_ppl'] / r['dense_ppl'], 2)} |"
         )
     env = r["environment"]
+    reused = [row["note"] for row in rows if row.get("note", "").startswith("reused")]
+    if reused:
+        out += ["", f"SLEB {max(RATIOS):.0%}: {reused[0]} (the same settings, checked against its sleb.json)."]
     out += [
         "",
         "SLEB removes one block per phase, re-scoring the pruned model each time; a phase does not depend on how "
         "many blocks go in the end, so its 10% result is the first phases of its 20% search (evaluated from "
         "them, as `--blocks`). Block influence ranks all blocks once from one calibration pass; the last-blocks "
-        "heuristic uses no data at all. Prune times are per run (SLEB 10%: evaluation only).",
+        "heuristic uses no data at all.",
         "",
         f"Environment: {env.get('processor')}, {env.get('cpu_count')} cores; {env.get('versions')}; "
         f"commit {env.get('commit')}; {env.get('time_utc')}.",
@@ -173,8 +175,9 @@ def _calib(rows: list[dict[str, Any]]) -> str:
     return f"{c['windows']} x {c['seq_len']} tokens of {c['source']} (seed {c['seed']})"
 
 
-def _secs(value: Any) -> str:
-    return "–" if value is None else f"{value:.0f}"
+def _num(value: float, digits: int = 3) -> str:
+    """Fixed point for ordinary figures, 3 significant digits in scientific notation for huge ones."""
+    return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.2e}"
 
 
 def main() -> None:

@@ -87,6 +87,13 @@ class Backend:
             out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 1024**2
         return out
 
+    def release_cache(self) -> None:
+        """After a failed allocation: hand cached device memory back so the next (smaller) cell can run."""
+        if self.framework == "torch" and self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
     def free_mb(self) -> float | None:
         """Memory this backend's tensors can still get (host for CPU backends; the GPU for torch-cuda)."""
         if self.device == "cpu":

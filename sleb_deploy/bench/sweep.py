@@ -169,6 +169,7 @@ class Sweep:
         except Exception as err:
             if not _looks_like_oom(err):
                 raise
+            backend.release_cache()
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             return self._skip(backend, runners, row, batch, f"out of memory: {first}")
         self.records.extend(cell_records(backend.key, row, batch, blocks, times, run.load_s))

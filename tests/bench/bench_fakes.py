@@ -87,6 +87,9 @@ class FakeBackend(Backend):
     def free_mb(self) -> float | None:
         return self.free
 
+    def release_cache(self) -> None:
+        self.log.append("release")
+
 
 def fake_backend(key: str = "fake-cpu", **kw: Any) -> FakeBackend:
     return FakeBackend(key, "fake", "cpu", clock=kw.pop("clock", FakeClock()), log=[], runners=[], **kw)

@@ -34,7 +34,7 @@ def test_measure_cell_warms_up_then_interleaves() -> None:
                          clock=backend.clock)  # fmt: skip
     # one warm-up round takes (0.010 + 0.008 + 0.005) * 11 = 0.253 s: 1.0 s of budget holds 4 rounds
     assert {n: len(g) for n, g in times.generations.items()} == {"dense": 4, "pruned": 4, "probe": 4}
-    order = [entry.split()[1] for entry in backend.log]
+    order = [entry.split()[1] for entry in backend.log if entry.startswith("prefill")]
     warm, rounds = order[:3], order[3:]
     assert warm == ["dense", "pruned", "probe"]
     assert rounds == ["dense", "pruned", "probe", "probe", "pruned", "dense"] * 2  # reversed every other round
@@ -95,7 +95,7 @@ def test_sweep_skips_cells_with_a_note_and_goes_on() -> None:
     assert status["short", 1] == ("ok", "")
     assert status["short", 2][0] == "skipped" and status["short", 2][1].startswith("out of memory: ")
     assert status["long", 1][0] == "skipped" and "over the model's context of 256" in status["long", 1][1]
-    assert progress[-1] == (3, 3)
+    assert progress[-1] == (3, 3) and "release" in backend.log
     assert sweep.backend_runs[0].status == "ran" and sweep.backend_runs[0].load_s["probe"] == 0.5
     assert all(r.closed for r in backend.runners)
 

@@ -19,7 +19,6 @@ from typing import Annotated, Any
 import typer
 
 from sleb_deploy.bench.records import BenchConfig
-from sleb_deploy.cli import run_stage
 
 _D = BenchConfig()
 
@@ -110,6 +109,7 @@ def bench_cmd(
 ) -> None:
     """Time dense vs pruned (prefill, decode, end to end) per batch size on every available backend."""
     from sleb_deploy.bench.stage import run_bench
+    from sleb_deploy.cli import run_stage  # here, not at the top: cli.py imports this module to register it
 
     cfg = BenchConfig(
         workspace=workspace, out=out, backends=backends, batch_sizes=_sizes(batch_sizes, "--batch-sizes"),
@@ -141,6 +141,7 @@ def report_cmd(
 ) -> None:
     """Render bench.csv, bench.md and the plots again from a bench.json."""
     from sleb_deploy.bench.stage import render_report
+    from sleb_deploy.cli import run_stage
 
     for path in run_stage(lambda: render_report(bench_json)):
         typer.echo(str(path))

@@ -1,6 +1,6 @@
 """Checks that must run in a process of their own: the bench creates ONNX Runtime's process-wide thread pool,
 after which every session in that process must use it, so a test process that went on to other tests'
-default sessions would break. `test_bench_run.py` runs this file with `python bench_child.py <check> ...`.
+default sessions would break. `test_bench_run.py` runs this file once: `python bench_child.py WORKSPACE OUT TEXT`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,5 @@ def interrupt(workspace: Path, out: Path, text: str) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    check, *args = sys.argv[1:]
-    result = tokens(Path(args[0])) if check == "tokens" else interrupt(Path(args[0]), Path(args[1]), args[2])
-    print(json.dumps(result))
+    workspace, out, text = sys.argv[1:]
+    print(json.dumps({"tokens": tokens(Path(workspace)), "interrupt": interrupt(Path(workspace), Path(out), text)}))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -34,7 +35,7 @@ DRIVER = (
 )
 SHORT = ["--batch-sizes", "1,2", "--prompt-len", "8", "--new-tokens", "3", "--long-prompt-len", "24",
          "--long-new-tokens", "2", "--min-reps", "2", "--max-reps", "2", "--seconds-per-cell", "0.01",
-         "--quiet"]  # fmt: skip
+         "--threads", "1", "--quiet"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,7 @@ def test_bench_real_short_run(workspace: Path, tmp_path: Path) -> None:
     status = {b["key"]: b for b in data["backends"]}
     assert status["tensorrt"]["status"] == "skipped" and "issue 8" in status["tensorrt"]["note"]
     assert status["ort-cpu"]["status"] == status["torch-cpu"]["status"] == "ran"
+    assert status["ort-cpu"]["threads"] == 1  # the global pool as asked
     ok = [r for r in data["records"] if r["status"] == "ok"]
     cells = {(r["backend"], r["row"], r["batch"]) for r in ok}
     assert cells == {
@@ -116,19 +118,25 @@ def test_bench_on_cuda(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     assert torch_ok and all(r["cuda_max_allocated_mb"] > 0 for r in torch_ok)
 
 
-def test_runners_generate_the_reference_tokens(workspace: Path) -> None:
-    """The timed loops are real greedy generation: the tokens of Hugging Face's generate."""
-    result = _child(str(HERE / "bench_child.py"), "tokens", str(workspace))
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {"OrtRunner": True, "TorchRunner": True}
-
-
-def test_interrupt_keeps_what_was_measured(workspace: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def child(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """bench_child.py's checks, run once in a fresh interpreter."""
     text = str(workspace.parent.parent / "text.txt")
-    result = _child(str(HERE / "bench_child.py"), "interrupt", str(workspace), str(tmp_path / "r"), text)
+    out = tmp_path_factory.mktemp("child") / "r"
+    result = _child(str(HERE / "bench_child.py"), str(workspace), str(out), text)
     assert result.returncode == 0, result.stderr
-    got = json.loads(result.stdout.splitlines()[-1])
-    assert got == {"returned_partial": True, "written_partial": True, "batches": [1], "md_says_partial": True}
+    data: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return data
+
+
+def test_runners_generate_the_reference_tokens(child: dict[str, Any]) -> None:
+    """The timed loops are real greedy generation: the tokens of Hugging Face's generate."""
+    assert child["tokens"] == {"OrtRunner": True, "TorchRunner": True}
+
+
+def test_interrupt_keeps_what_was_measured(child: dict[str, Any]) -> None:
+    expected = {"returned_partial": True, "written_partial": True, "batches": [1], "md_says_partial": True}
+    assert child["interrupt"] == expected
 
 
 def test_bad_input(workspace: Path, tmp_path: Path) -> None:

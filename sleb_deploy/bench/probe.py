@@ -41,7 +41,7 @@ def _onnx_probe(ws: Workspace, notify: Callable[[str], None]) -> Path | None:
         return target
     if ws.dense.hf_dir is None:
         return None  # a hub model with no local checkpoint: no probe, the ideal is reported as unknown
-    from sleb_deploy.export.onnx_graph import export_decoder_onnx
+    from sleb_deploy.export.onnx_graph import DEFAULT_VARIANT, export_decoder_onnx
     from sleb_deploy.models.adapters import remove_blocks
     from sleb_deploy.models.load import load_model, resolve_model
 
@@ -53,7 +53,7 @@ def _onnx_probe(ws: Workspace, notify: Callable[[str], None]) -> Path | None:
             model,
             tmp,
             dtype=str(key["options"]["dtype"] or "fp32"),
-            variant=str(key["options"]["variant"] or "opset23"),
+            variant=str(key["options"]["variant"] or DEFAULT_VARIANT),
             last_logits_only=bool(key["options"]["last_logits_only"]),
         )
         write_json(tmp / PROBE_FILE, key)

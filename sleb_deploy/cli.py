@@ -410,5 +410,12 @@ def build_cmd(
     )
 
 
+# `bench` and `report` live in their own module (their options are many); registered here, one app.
+from sleb_deploy.cli_bench import bench_cmd, report_cmd  # noqa: E402
+
+app.command("bench")(bench_cmd)
+app.command("report")(report_cmd)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

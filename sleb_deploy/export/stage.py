@@ -18,7 +18,7 @@ from typing import Any
 from sleb_deploy._optional import require
 from sleb_deploy.artifacts import check_writable_target, environment, staged_dir, write_json
 from sleb_deploy.config import ExportConfig
-from sleb_deploy.contract import GRAPH_DTYPES
+from sleb_deploy.contract import GRAPH_DTYPES, element_type
 from sleb_deploy.errors import UserInputError, ValidationError
 from sleb_deploy.export.manifest import ExportManifest
 from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, resolve_model
@@ -75,7 +75,7 @@ def _host_config(model: Any, dtype: str) -> dict[str, Any]:
             config["rope_scaling"] = scaling
         if "partial_rotary_factor" in rope:
             config.setdefault("partial_rotary_factor", rope["partial_rotary_factor"])
-    config["dtype"] = config["torch_dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype]
+    config["dtype"] = config["torch_dtype"] = element_type(key=dtype).torch
     config["use_cache"] = True
     return config
 

@@ -89,17 +89,17 @@ def read_model_type(source: ModelSource) -> str:
 
 
 def torch_dtype(name: str) -> torch.dtype | str:
+    """``auto`` (the checkpoint's) or the torch dtype of a graph precision (``contract.GRAPH_DTYPES``)."""
     import torch
 
-    names: dict[str, torch.dtype | str] = {
-        "auto": "auto",
-        "fp32": torch.float32,
-        "fp16": torch.float16,
-        "bf16": torch.bfloat16,
-    }
-    if name not in names:
-        raise UserInputError(f"--dtype {name} is not one of {', '.join(names)}")
-    return names[name]
+    from sleb_deploy import contract
+
+    if name == "auto":
+        return "auto"
+    if name not in contract.GRAPH_DTYPES:
+        raise UserInputError(f"--dtype {name} is not one of auto, {', '.join(contract.GRAPH_DTYPES)}")
+    dtype: torch.dtype = getattr(torch, contract.element_type(key=name).torch)
+    return dtype
 
 
 def read_config(source: ModelSource) -> Any:

@@ -130,7 +130,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json in --out")
     args = ap.parse_args()
+    if args.render:
+        record = json.loads((args.out / f"{NAME}.json").read_text())
+        (args.out / f"{NAME}.md").write_text(markdown(record))
+        return
     env = environment()  # before anything is written: the commit (and -dirty) of the code that runs
     start = time.perf_counter()
 
@@ -240,7 +245,15 @@ def markdown(r: dict[str, Any]) -> str:
             f"| SLEB -{r['removed']} | `{bos}` | {run['removal_order']} | {p['never']['ppl']:.2f} | "
             f"{p['always']['ppl']:.2f} |"
         )
+    dense, pruned = r["dense"], r["pruned_with"]
     lines += [
+        "",
+        f"Dense: stream windows score {dense['never']['ppl'] / dense['always']['ppl']:.2f}x the perplexity of BOS "
+        "windows on the start of the same text. Evaluated with BOS windows, the model pruned with BOS-window "
+        f"calibration scores {pruned['always']['perplexity']['always']['ppl']:.2f}, the one pruned with stream "
+        f"windows {pruned['never']['perplexity']['always']['ppl']:.2f}; evaluated with stream windows, "
+        f"{pruned['always']['perplexity']['never']['ppl']:.2f} and "
+        f"{pruned['never']['perplexity']['never']['ppl']:.2f}.",
         "",
         f"SLEB time: `never` {r['pruned_with']['never']['seconds']} s, `always` "
         f"{r['pruned_with']['always']['seconds']} s; whole script {r['seconds_total']} s on "

@@ -19,10 +19,10 @@ Where a window starts (`--window-bos`, recorded as `WindowSpec.bos`):
   tokenizer adds one at all); every other window starts mid-text.
 - `always`: the text is tokenized without special tokens, cut into pieces of W - 1 tokens, and each window is
   the tokenizer's BOS followed by one piece: still W tokens, every one starting the way the model was trained
-  to see a sequence start. Gemma models need it: on Gemma-3-270m, 16 x 256 tokens of Wikipedia, dense
-  perplexity is 95.7 with stream windows and 25.7 with BOS windows (issue 13). BOS is never a prediction
-  target: next-token scoring predicts positions 1..W-1 only (see `prune.scoring.nll_sum`), so both semantics
-  score W - 1 text tokens per window.
+  to see a sequence start. Gemma models need it: Gemma-3-270m's dense perplexity on 16 x 256 tokens of
+  wiki-summaries is 57.8 with stream windows and 17.1 with BOS windows (bench/results/window_bos_gemma3_270m.md).
+  BOS is never a prediction target: next-token scoring predicts positions 1..W-1 only (see
+  `prune.scoring.nll_sum`), so both semantics score W - 1 text tokens per window.
 - `auto` is resolved per family by `resolve_window_bos` from `WINDOW_BOS_BY_FAMILY` (Gemma families: always;
   every other family: never).
 """

@@ -23,8 +23,8 @@ Where a window starts (`--window-bos`, recorded as `WindowSpec.bos`):
   wiki-summaries is 57.8 with stream windows and 17.1 with BOS windows (bench/results/window_bos_gemma3_270m.md).
   BOS is never a prediction target: next-token scoring predicts positions 1..W-1 only (see
   `prune.scoring.nll_sum`), so both semantics score W - 1 text tokens per window.
-- `auto` is resolved per family by `resolve_window_bos` from `WINDOW_BOS_BY_FAMILY` (Gemma families: always;
-  every other family: never).
+- `auto` is resolved per family by `resolve_window_bos` from the family table (`Adapter.window_bos` in
+  `models/adapters.py`: Gemma families always, every other family never).
 """
 
 from __future__ import annotations
@@ -65,21 +65,13 @@ DEFAULT_EVAL = "wiki-summaries"
 WindowBos = Literal["always", "never"]
 WINDOW_BOS: tuple[WindowBos, ...] = ("always", "never")
 WINDOW_BOS_CHOICES = ("auto", *WINDOW_BOS)
-# What `--window-bos auto` means per `config.model_type`; a family not listed gets "never" (the official
-# stream semantics). Gemma models expect `<bos>` first and lose most of their quality without it.
-WINDOW_BOS_BY_FAMILY: dict[str, WindowBos] = {
-    "gemma": "always",
-    "gemma2": "always",
-    "gemma3_text": "always",
-    "gemma3": "always",
-}
-WINDOW_BOS_DEFAULT: WindowBos = "never"
-
-
 def resolve_window_bos(choice: str, model_type: str) -> WindowBos:
-    """`auto` -> the family's entry in `WINDOW_BOS_BY_FAMILY` (default `never`); `always`/`never` as given."""
+    """`auto` -> the family's `window_bos` in the family table (`models/adapters.py`; "never" for a family
+    it does not list); `always`/`never` as given."""
     if choice == "auto":
-        return WINDOW_BOS_BY_FAMILY.get(model_type, WINDOW_BOS_DEFAULT)
+        from sleb_deploy.models.adapters import family_window_bos
+
+        return "always" if family_window_bos(model_type) == "always" else "never"
     if choice == "always":
         return "always"
     if choice == "never":

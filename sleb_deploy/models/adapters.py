@@ -133,6 +133,12 @@ def get_adapter(model_type: str) -> Adapter:
         ) from None
 
 
+def family_window_bos(model_type: str) -> str:
+    """How a family's calibration windows start by default ("never" for a family without a row)."""
+    adapter = _ADAPTERS.get(model_type)
+    return adapter.window_bos if adapter is not None else "never"
+
+
 def config_of(model: nn.Module) -> Any:
     """The model's HF config (typed loosely: every family has its own config class)."""
     return getattr(model, "config")  # noqa: B009

@@ -121,3 +121,29 @@ def test_pipeline_reuses_and_refuses(
     forced = runner.invoke(app, [*common, "--remove", "2", "--force", "--quiet"])
     assert forced.exit_code == 0, forced.stderr
     assert SlebManifest.read(ws / "hf-pruned").num_blocks_after == 4
+
+
+@pytest.mark.trt
+def test_pipeline_builds_engines_with_its_options(
+    llama_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`export --engines tensorrt_rtx` with build options: both engines, the options in their engine.json, the
+    pruned build seeded with the dense build's timing cache."""
+    pytest.importorskip("tensorrt_rtx")
+    from sleb_deploy.engines.build import EngineManifest
+
+    monkeypatch.chdir(tmp_path)
+    args = ["export", "--model", str(llama_dir), "--blocks", "2", "--eval-text", str(text_file), "--seq-len", "32",
+            "--eval-windows", "2", "--engines", "tensorrt_rtx", "--max-batch", "16", "--max-input-len", "16",
+            "--max-context-len", "64", "--quiet", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["engines"]["backend"] == "tensorrt_rtx"
+    dense = EngineManifest.read(tmp_path / "engines" / "tiny-llama" / "dense")
+    pruned = EngineManifest.read(tmp_path / "engines" / "tiny-llama" / "pruned")
+    assert (dense.num_layers, pruned.num_layers) == (6, 5)
+    for engine in (dense, pruned):
+        assert engine.build_options["max_batch"] == 16 and engine.build_options["max_context_len"] == 64
+        for profile in engine.profiles:
+            assert profile["shapes"]["input_ids"]["max"][0] == 16
+    assert pruned.timing_cache["seeded_from"] == str(tmp_path / "engines" / "tiny-llama" / "dense" / "timing.cache")

@@ -169,3 +169,21 @@ def test_pruned_logits_equal_dense_with_blocks_skipped(llama_dir: Path, text_fil
     for h in hooks:
         h.remove()
     assert torch.equal(pruned.generate(input_ids=ids, max_new_tokens=5, do_sample=False, pad_token_id=0), ref)
+
+
+@pytest.mark.parametrize(("family", "used"), [("llama", "never"), ("gemma3_text", "always")])
+def test_window_bos_auto_follows_the_family_table(
+    family: str, used: str, tokenizer: object, text_file: Path, tmp_path: Path
+) -> None:
+    """`--window-bos auto` (the default) resolves from the family table; sleb.json records the choice, what it
+    resolved to, and the calibration and evaluation windows say which semantics drew them."""
+    from tiny import save_checkpoint, tiny_model
+
+    ckpt = save_checkpoint(tiny_model(family, 4), tokenizer, tmp_path / family)
+    code, stdout, stderr = run(*base_args(ckpt, text_file, tmp_path / "out"), "--remove", "1", "--json")
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert data["method"]["window_bos"] == {"choice": "auto", "used": used}
+    assert data["calibration"]["bos"] == data["perplexity"]["eval"]["bos"] == used
+    forced = run(*base_args(ckpt, text_file, tmp_path / "never"), "--remove", "1", "--window-bos", "never", "--json")
+    assert json.loads(forced[1])["calibration"]["bos"] == "never"

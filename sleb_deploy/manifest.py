@@ -140,15 +140,20 @@ class Manifest:
     @classmethod
     def read(cls: type[M], directory: Path) -> M:
         """Read ``directory/FILE``; a missing or malformed file is an ``ArtifactError`` naming it."""
-        path = Path(directory) / cls.FILE
+        return cls.read_file(Path(directory) / cls.FILE)
+
+    @classmethod
+    def read_file(cls: type[M], path: Path) -> M:
+        """Read a manifest file of this kind wherever it is (its directory becomes ``directory``)."""
+        path = Path(path)
         if not path.is_file():
-            raise ArtifactError(f"{path} not found: {directory} is not a complete sleb-deploy artifact")
+            raise ArtifactError(f"{path} not found: {path.parent} is not a complete sleb-deploy artifact")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ArtifactError(f"{path} is not valid JSON ({err}); re-run the stage that wrote it") from err
         manifest = cls.from_json(data, str(path))
-        manifest.directory = Path(directory).absolute()
+        manifest.directory = path.parent.absolute()
         return manifest
 
     @classmethod

@@ -69,8 +69,8 @@ def _reusable(pruned_dir: Path, cfg: PruneConfig) -> bool:
     if not SlebManifest.exists(pruned_dir):
         return False
     recorded = SlebManifest.read(pruned_dir).config
-    wanted = {k: getattr(cfg, k) for k in _PRUNE_KEYS}
-    if all(recorded.get(k, PruneConfig.__dataclass_fields__[k].default) == v for k, v in wanted.items()):
+    defaults = PruneConfig()  # a key added since that sleb.json was written counts as its default
+    if all(recorded.get(k, getattr(defaults, k)) == getattr(cfg, k) for k in _PRUNE_KEYS):
         return True
     raise ArtifactError(
         f"{pruned_dir} was pruned with other settings: pass --force to prune again, or "

@@ -12,7 +12,6 @@ only with ``force``. Ctrl-C is the exception to "nothing": what was measured unt
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -132,9 +131,4 @@ def render_report(bench_json: Path) -> list[Path]:
     file = path / BenchManifest.FILE if path.is_dir() else path
     if not file.is_file():
         raise ArtifactError(f"{file} not found: give a bench.json written by `sleb-deploy bench`")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{file} is not valid JSON ({err}); re-run `sleb-deploy bench`") from err
-    manifest = BenchManifest.from_json(data, str(file))
-    return write_reports(manifest, file.parent)
+    return write_reports(BenchManifest.read_file(file), file.parent)

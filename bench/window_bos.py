@@ -90,30 +90,14 @@ def assemble_gguf(target: Path) -> dict[str, Any]:
 
 def convert(gguf: Path, target: Path) -> str:
     """GGUF -> plain bf16 HF directory, as models/zoo.py converts the built-in model; returns its weights' sha256."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from sleb_deploy.models.zoo import gguf_to_checkpoint
 
     if (target / "model.safetensors").is_file() and (target / "gguf_sha256").read_text() == GGUF_SHA256:
         return sha256_file(target / "model.safetensors")
     print(f"converting {gguf.name} to a bf16 Hugging Face checkpoint in {target}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="sleb-gguf-") as src, staged_dir(target, force=True) as out:
         (Path(src) / gguf.name).symlink_to(gguf)
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, dtype=torch.float32)
-        config = gguf_model.config
-        for key in ("quantization_config", "_name_or_path"):
-            if hasattr(config, key):
-                delattr(config, key)
-        config.dtype = torch.bfloat16
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight"]:
-            raise SystemExit(f"GGUF conversion lost weights: {missing} / {unexpected}")
-        model.tie_weights()
-        model.generation_config = GenerationConfig(
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
-        )
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        gguf_to_checkpoint(Path(src) / gguf.name, out, gguf.name)
         (out / "gguf_sha256").write_text(GGUF_SHA256)
     return sha256_file(target / "model.safetensors")
 

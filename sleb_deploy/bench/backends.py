@@ -5,7 +5,7 @@ key        what runs                                     needs
 ========== ============================================ ==========================================
 ort-cpu    the exported ONNX, ONNX Runtime CPU provider  ``pip install 'sleb-deploy[onnx]'``
 ort-cuda   the same ONNX, CUDA provider, KV on device    ``pip install 'sleb-deploy[gpu]'`` + a GPU
-tensorrt   the TensorRT engines                          the TensorRT runner (issue 8): always skipped
+tensorrt   the TensorRT engines (engines/<name>/...)      ``pip install 'sleb-deploy[trt]'`` + a GPU + built engines
 torch-cpu  the HF checkpoints, PyTorch eager             (core dependency)
 torch-cuda the HF checkpoints, PyTorch eager on CUDA     a CUDA build of torch + a GPU
 ========== ============================================ ==========================================
@@ -29,12 +29,15 @@ from sleb_deploy.bench.workspace import Variant
 from sleb_deploy.errors import UserInputError
 
 BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt", "torch-cpu", "torch-cuda")
-TENSORRT_NOTE = "needs the TensorRT runner (issue 8): TensorRT engines are not benchmarked yet"
+TENSORRT_NOTE = (
+    "no TensorRT module: pip install 'sleb-deploy[trt]' (or use Dockerfile.trt) on a machine with an NVIDIA GPU"
+)
 
 
 class Runner(Protocol):
     """One loaded variant. ``prefill``/``decode`` return when the step is complete on the device. A runner
-    whose engine has a batch limit also has ``max_batch`` (cells over it are skipped with a note)."""
+    whose engine has limits also has ``max_batch``, ``max_input_len`` and ``max_context_len`` (read from its
+    ``engine.json``; cells over them are skipped with a note)."""
 
     variant: str
     blocks: int
@@ -69,7 +72,14 @@ class Backend:
             if variant.hf_dir is None:
                 raise BackendUnavailable(f"the {variant.name} Hugging Face checkpoint is not a local directory")
             return TorchRunner(variant.name, variant.hf_dir, self.device, dtype, variant.keep, threads)
-        raise BackendUnavailable(TENSORRT_NOTE)
+        from sleb_deploy.bench.trt_runner import TrtRunner
+
+        if variant.engine_dir is None:
+            raise BackendUnavailable(
+                f"no TensorRT engine of the {variant.name} model: build them with `sleb-deploy export --engines auto` "
+                "or `sleb-deploy build`"
+            )
+        return TrtRunner(variant.name, variant.engine_dir)
 
     def reset_peak(self) -> None:
         memory.reset_peak()
@@ -154,7 +164,10 @@ def unavailable(
             "(onnxruntime-gpu) on a machine with an NVIDIA GPU"
         )
     if key == "tensorrt":
-        return TENSORRT_NOTE
+        if find_spec("tensorrt") is None and find_spec("tensorrt_rtx") is None:
+            return TENSORRT_NOTE
+        if not torch_cuda():
+            return "no CUDA device visible: TensorRT engines run only on an NVIDIA GPU"
     if key == "torch-cuda" and not torch_cuda():
         return "no CUDA device visible to PyTorch (a CUDA build of torch and an NVIDIA GPU are needed)"
     return None

@@ -47,6 +47,20 @@ def estimate_mb(graph: Any, blocks: list[int], batch: int, row: Row) -> float:
     return (sum(blocks) * per_block + 3 * logits) / 1024**2
 
 
+def _over_engine_limits(runners: dict[str, Runner], batch: int, row: Row) -> str | None:
+    """Why a cell is over the limits an engine was built with (its ``engine.json``), or None when it fits."""
+    checks = (
+        ("max_batch", batch, "batch", "--max-batch"),
+        ("max_input_len", row.prompt_len, "prompt length", "--max-input-len"),
+        ("max_context_len", row.prompt_len + row.new_tokens, "prompt + new tokens", "--max-context-len"),
+    )
+    for attr, value, what, option in checks:
+        limits = [m for r in runners.values() if (m := getattr(r, attr, None)) is not None]
+        if limits and value > min(limits):
+            return f"{what} {value} is over the engine's limit of {min(limits)} (rebuild it with a larger {option})"
+    return None
+
+
 class Sweep:
     def __init__(
         self,
@@ -151,10 +165,9 @@ class Sweep:
         if limit is not None and row.prompt_len + row.new_tokens > limit:
             note = f"prompt + new tokens = {row.prompt_len + row.new_tokens}, over the model's context of {limit}"
             return self._skip(backend, runners, row, batch, note)
-        limits = [m for r in runners.values() if (m := getattr(r, "max_batch", None)) is not None]
-        if limits and batch > min(limits):
-            note = f"batch {batch} is over the engine's limit of {min(limits)} (rebuild it with a larger --max-batch)"
-            return self._skip(backend, runners, row, batch, note)
+        over = _over_engine_limits(runners, batch, row)
+        if over is not None:
+            return self._skip(backend, runners, row, batch, over)
         blocks = {name: r.blocks for name, r in runners.items()}
         need, free = estimate_mb(self.ws.graph, list(blocks.values()), batch, row), backend.free_mb()
         if free is not None and need > 0.9 * free:

@@ -1,6 +1,7 @@
 """What the benchmark reads from a workspace written by ``sleb-deploy export``, and the prompts it feeds.
 
-Layout (``pipeline.py``): ``export/<name>/{hf-pruned, dense, pruned}``. The ONNX directories carry
+Layout (``pipeline.py``): ``export/<name>/{hf-pruned, dense, pruned}``, and the engines (when built) in
+``engines/<name>/{dense, pruned}`` beside ``export/``. The ONNX directories carry
 ``export.json`` (graph, source model, export options); the pruned checkpoint carries ``sleb.json`` (removed
 blocks, perplexity of dense and pruned). Everything the benchmark needs about the models comes from these
 manifests: no flag repeats what an upstream stage already recorded.
@@ -33,6 +34,7 @@ class Variant:
     onnx_dir: Path | None
     hf_dir: Path | None  # None: the torch backend cannot run it (a hub model, or a checkpoint that moved)
     keep: list[int] | None = None  # probe: blocks of the dense checkpoint to keep (made in memory for torch)
+    engine_dir: Path | None = None  # its TensorRT engine (model.plan + engine.json), when one was built
 
 
 @dataclass
@@ -65,8 +67,16 @@ def _hf_dir(manifest: ExportManifest) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def read_workspace(root: Path) -> Workspace:
-    """The dense and pruned exports of ``root`` (``export/<name>``) and the pruned checkpoint's ``sleb.json``."""
+def _engine_dir(engines_root: Path, variant: str) -> Path | None:
+    from sleb_deploy.engines.build import EngineManifest
+
+    candidate = engines_root / variant
+    return candidate.absolute() if EngineManifest.exists(candidate) else None
+
+
+def read_workspace(root: Path, engines: Path | None = None) -> Workspace:
+    """The dense and pruned exports of ``root`` (``export/<name>``), the pruned checkpoint's ``sleb.json`` and
+    the engines in ``engines`` (default: ``engines/<name>`` beside ``export/``, where the pipeline builds them)."""
     import json
 
     from sleb_deploy.export.manifest import ExportManifest
@@ -91,11 +101,16 @@ def read_workspace(root: Path) -> Workspace:
     if config_path.is_file():
         config = json.loads(config_path.read_text())
         max_context = config.get("max_position_embeddings")
+    engines_root = Path(engines) if engines is not None else root.absolute().parent.parent / "engines" / root.name
     return Workspace(
         root=root.absolute(),
         name=root.name,
-        dense=Variant(DENSE, dense_m.graph.num_layers, root / DENSE, _hf_dir(dense_m)),
-        pruned=Variant(PRUNED, pruned_m.graph.num_layers, root / PRUNED, hf_pruned),
+        dense=Variant(
+            DENSE, dense_m.graph.num_layers, root / DENSE, _hf_dir(dense_m), None, _engine_dir(engines_root, DENSE)
+        ),
+        pruned=Variant(
+            PRUNED, pruned_m.graph.num_layers, root / PRUNED, hf_pruned, None, _engine_dir(engines_root, PRUNED)
+        ),
         graph=dense_m.graph,
         export_options=dict(dense_m.options),
         model_source=dense_m.model,

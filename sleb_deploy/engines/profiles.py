@@ -37,12 +37,12 @@ class BuildConfig:
     ``opt_*`` are the shapes TensorRT tunes its kernels for: pick the ones the server sees most.
     """
 
-    max_batch: int = 1
+    max_batch: int = 16
     opt_batch: int | None = None  # default: max_batch
     min_batch: int = 1
-    max_input_len: int = 512
+    max_input_len: int = 1024
     opt_input_len: int | None = None  # default: max_input_len // 2 (at least 1)
-    max_context_len: int = 1024
+    max_context_len: int = 2048
     opt_context_len: int | None = None  # decode's opt past + 1; default: max_context_len // 2 (at least 2)
     use_timing_cache: bool = True
     decomposable_attention: bool = True  # let TensorRT decompose ONNX Attention where it has no fused kernel

@@ -34,7 +34,9 @@ class FakeRunner:
     clock: FakeClock
     log: list[str]
     fail_batch: int | None = None  # raise an allocation failure at this batch size
-    max_batch: int | None = None  # an engine's limit
+    max_batch: int | None = None  # an engine's limits
+    max_input_len: int | None = None
+    max_context_len: int | None = None
     load_s: float = 0.5
     closed: bool = False
     _tokens: list[np.ndarray] = field(default_factory=list)
@@ -69,12 +71,17 @@ class FakeBackend(Backend):
     free: float | None = None
     fail_batch: int | None = None
     max_batch: int | None = None
+    max_input_len: int | None = None
+    max_context_len: int | None = None
     runners: Any = None  # list the runners land in, to check they get closed
 
     def load(self, variant: Variant, threads: int, dtype: str) -> Any:
         if variant.name == "unloadable":
             raise BackendUnavailable("cannot load this one")
-        runner = FakeRunner(variant.name, variant.blocks, self.clock, self.log, self.fail_batch, self.max_batch)
+        runner = FakeRunner(
+            variant.name, variant.blocks, self.clock, self.log, self.fail_batch, self.max_batch,
+            self.max_input_len, self.max_context_len,
+        )  # fmt: skip
         self.runners.append(runner)
         return runner
 

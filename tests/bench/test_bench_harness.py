@@ -118,6 +118,23 @@ def test_sweep_skips_batches_over_an_engine_limit() -> None:
     assert status[2][0] == "skipped" and "over the engine's limit of 1" in status[2][1]
 
 
+@pytest.mark.parametrize(
+    ("limits", "skipped", "option"),
+    [
+        (dict(max_input_len=16), "prompt length 32 is over the engine's limit of 16", "--max-input-len"),
+        (dict(max_context_len=40), "prompt + new tokens 48 is over the engine's limit of 40", "--max-context-len"),
+    ],
+)
+def test_sweep_skips_cells_over_an_engines_lengths(limits: dict[str, int], skipped: str, option: str) -> None:
+    """An engine's max input and max context (from its engine.json) skip the rows it was not built for."""
+    backend = fake_backend(**limits)
+    sweep = _sweep(backend, long_prompt_len=32, long_new_tokens=16, long_batch_sizes=(1,))
+    sweep.run([backend])
+    notes = {(r.row, r.status, r.note) for r in sweep.records if r.variant == "dense" and r.phase == "e2e"}
+    assert any(status == "ok" for _, status, _ in notes)
+    assert any(status == "skipped" and skipped in note and option in note for _, status, note in notes)
+
+
 def test_sweep_reports_unavailable_backends_and_keeps_results_on_interrupt() -> None:
     from sleb_deploy.bench.backends import select
 
@@ -131,7 +148,7 @@ def test_sweep_reports_unavailable_backends_and_keeps_results_on_interrupt() -> 
     sweep.on_progress = interrupt
     with pytest.raises(KeyboardInterrupt):
         sweep.run([*select("tensorrt"), backend])
-    assert sweep.backend_runs[0].status == "skipped" and "issue 8" in sweep.backend_runs[0].note
+    assert sweep.backend_runs[0].status == "skipped" and "NVIDIA GPU" in sweep.backend_runs[0].note
     assert sweep.backend_runs[1].status == "partial"
     assert {r.batch for r in sweep.records} == {1}  # the first cell was measured and is kept
     assert all(r.closed for r in backend.runners)
@@ -147,6 +164,9 @@ def test_unavailable_names_the_extra() -> None:
     assert "sleb-deploy[gpu]" in (unavailable("ort-cuda", find_spec=missing) or "")
     assert "sleb-deploy[gpu]" in (unavailable("ort-cuda", ort_providers=lambda: ["CPUExecutionProvider"]) or "")
     assert unavailable("ort-cuda", ort_providers=lambda: ["CUDAExecutionProvider"]) is None
-    assert "issue 8" in (unavailable("tensorrt") or "")
+    assert "sleb-deploy[trt]" in (unavailable("tensorrt", find_spec=missing) or "")
+    found = lambda name: object()  # noqa: E731
+    assert "no CUDA device" in (unavailable("tensorrt", find_spec=found, torch_cuda=lambda: False) or "")
+    assert unavailable("tensorrt", find_spec=found, torch_cuda=lambda: True) is None
     assert unavailable("torch-cuda", torch_cuda=lambda: False) is not None
     assert unavailable("torch-cpu") is None

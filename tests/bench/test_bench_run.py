@@ -73,7 +73,7 @@ def test_bench_real_short_run(workspace: Path, tmp_path: Path) -> None:
     assert data["schema"] == "sleb-deploy/bench@1" and data["partial"] is False
     assert data["environment"]["versions"]["onnxruntime"]
     status = {b["key"]: b for b in data["backends"]}
-    assert status["tensorrt"]["status"] == "skipped" and "issue 8" in status["tensorrt"]["note"]
+    assert status["tensorrt"]["status"] == "skipped" and "NVIDIA GPU" in status["tensorrt"]["note"]
     assert status["ort-cpu"]["status"] == status["torch-cpu"]["status"] == "ran"
     assert status["ort-cpu"]["threads"] == 1  # the global pool as asked
     ok = [r for r in data["records"] if r["status"] == "ok"]
@@ -144,7 +144,7 @@ def test_bad_input(workspace: Path, tmp_path: Path) -> None:
     assert result.exit_code == 3 and "sleb-deploy export" in result.stderr
     assert result.stderr.count("\n") == 1
     result = runner.invoke(app, ["bench", "--workspace", str(workspace), "--backends", "tensorrt", "--quiet"])
-    assert result.exit_code == 4 and "issue 8" in result.stderr
+    assert result.exit_code == 4 and "NVIDIA GPU" in result.stderr
     result = runner.invoke(app, ["bench", "--workspace", str(workspace), "--backends", "onnx", "--quiet"])
     assert result.exit_code == 2 and "ort-cpu" in result.stderr
     result = runner.invoke(app, ["bench", "--workspace", str(workspace), "--batch-sizes", "1,x", "--quiet"])

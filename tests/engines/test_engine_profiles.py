@@ -81,7 +81,7 @@ def test_bad_graph_dims_raise(dims: tuple[int, int, int]) -> None:
 
 
 def test_profiles_to_json() -> None:
-    profiles = optimization_profiles(BuildConfig(max_input_len=8, max_context_len=16), 2, 2, 4)
+    profiles = optimization_profiles(BuildConfig(max_batch=1, max_input_len=8, max_context_len=16), 2, 2, 4)
     data = profiles_to_json(profiles)
     assert [d["name"] for d in data] == ["prefill", "decode"]
     assert data[1]["shapes"]["attention_mask"] == {"min": [1, 2], "opt": [1, 8], "max": [1, 16]}
@@ -89,8 +89,10 @@ def test_profiles_to_json() -> None:
 
 def test_importing_engines_imports_no_tensorrt() -> None:
     code = (
-        "import sys, sleb_deploy.engines, sleb_deploy.engines.build; "
+        "import sys, sleb_deploy.engines, sleb_deploy.engines.build, sleb_deploy.engines.limits, "
+        "sleb_deploy.engines.trt_runner, sleb_deploy.bench.trt_runner; "
         "bad = [m for m in ('tensorrt', 'tensorrt_rtx', 'onnx') if m in sys.modules]; "
-        "assert not bad, bad"
+        "assert not bad, bad; "
+        "import torch; assert not torch.cuda.is_initialized()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,6 +10,8 @@
    (tests/engines/triton_client.py in the Triton environment, timing each request on the client), each with
    max_new_tokens 1 and N on the same prompts (text in, the same tokens out: checked).
    Per-token decode time = (t(N) - t(1)) / (generated - 1); per-request overhead = t(1) server - t(1) direct.
+   The direct loop's time inside ONNX Runtime's run is recorded too: the remainder per token is Python glue,
+   the most a C++ host running the same graph could save per step.
 3. Writes bench/results/triton_generate.{json,md}. Timings are figures, not assertions; the machine is shared
    (the report records `uptime`'s load).
 """
@@ -66,6 +68,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="triton-bench-"))
     write_onnx_triton_repository(args.export, work / "repo", TritonConfig(kind=TritonKind.GENERATE, generate=settings))
     direct = Generation(args.export, settings)
+    # Time spent inside ONNX Runtime (run_with_iobinding) during the direct loop: the rest of a step is the
+    # Python glue (binding, argmax, mask/position bookkeeping) that a C++ host would write in C++.
+    in_ort = [0.0]
+    run = direct.generator.session.run_with_iobinding
+
+    def timed_run(*a: Any, **k: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return run(*a, **k)
+        finally:
+            in_ort[0] += time.perf_counter() - started
+
+    direct.generator.session.run_with_iobinding = timed_run  # type: ignore[method-assign]
     layout = ServerLayout.of_venv(args.venv)
     rows = []
     with TritonServer(layout, work / "repo", log=work / "server.log") as server:
@@ -74,20 +89,23 @@ def main() -> None:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             prompts = (PROMPTS * batch)[:batch]
             requests = [{"text": prompts, "max_new_tokens": 1}, {"text": prompts, "max_new_tokens": args.new_tokens}]
-            times: dict[str, list[list[float]]] = {"direct": [], "grpc": [], "http": []}
+            times: dict[str, list[list[float]]] = {"direct": [], "grpc": [], "http": [], "ort": []}
             for r in range(args.rounds + 1):  # round 0 warms up both sides
-                d = []
+                d, o = [], []
                 for req in requests:
+                    in_ort[0] = 0.0
                     started = time.perf_counter()
                     ids, mask = direct.encode(req["text"])
                     new, _ = direct.generate(ids, mask, req["max_new_tokens"])
                     d.append(time.perf_counter() - started)
+                    o.append(in_ort[0])
                 report = _client(layout, server, "generate", requests, work)
                 if report["grpc"][1]["output_ids"] != new.tolist():
                     raise SystemExit("the server's tokens differ from the direct loop's")
                 generated = new.shape[1]
                 if r:
                     times["direct"].append(d)
+                    times["ort"].append(o)
                     times["grpc"].append(report["seconds"]["grpc"])
                     times["http"].append(report["seconds"]["http"])
             row: dict[str, Any] = {"batch": batch, "generated": generated}
@@ -96,6 +114,7 @@ def main() -> None:
                 row[side] = {"first_token_s": statistics.median(t[0] for t in rounds),
                              "end_to_end_s": statistics.median(t[1] for t in rounds),
                              "per_token_ms": 1e3 * statistics.median(per_token)}  # fmt: skip
+            row["python_glue_per_token_ms"] = row["direct"]["per_token_ms"] - row["ort"]["per_token_ms"]
             for side in ("grpc", "http"):
                 row[side]["per_token_ratio"] = row[side]["per_token_ms"] / row["direct"]["per_token_ms"]
                 row[side]["request_overhead_ms"] = 1e3 * (row[side]["first_token_s"] - row["direct"]["first_token_s"])
@@ -118,15 +137,16 @@ def main() -> None:
         f"load at the time: `{result['uptime']}` (shared 2-core machine: compare ratios, not absolutes).",
         "",
         "| batch | new tokens | direct ms/token | gRPC ms/token | HTTP ms/token | gRPC / direct | HTTP / direct "
-        "| gRPC request overhead ms | HTTP request overhead ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| gRPC request overhead ms | HTTP request overhead ms | direct in ORT ms/token | Python glue ms/token |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         d, g, h = row["direct"], row["grpc"], row["http"]
         lines.append(
             f"| {row['batch']} | {row['generated']} | {d['per_token_ms']:.1f} | {g['per_token_ms']:.1f} | "
             f"{h['per_token_ms']:.1f} | {g['per_token_ratio']:.3f} | {h['per_token_ratio']:.3f} | "
-            f"{g['request_overhead_ms']:.1f} | {h['request_overhead_ms']:.1f} |"
+            f"{g['request_overhead_ms']:.1f} | {h['request_overhead_ms']:.1f} | {row['ort']['per_token_ms']:.1f} | "
+            f"{row['python_glue_per_token_ms']:.2f} |"
         )
     (RESULTS / "triton_generate.md").write_text("\n".join(lines) + "\n")
     print(RESULTS / "triton_generate.md")

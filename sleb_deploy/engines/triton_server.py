@@ -82,12 +82,15 @@ def free_port() -> int:
 
 
 class TritonServer:
-    """One ``tritonserver`` process over ``repository`` (explicit model control; load models with ``load``)."""
+    """One ``tritonserver`` process over ``repository`` (explicit model control; load models with ``load``).
+    Ports 0 (the default) are free ones picked at start-up."""
 
-    def __init__(self, layout: ServerLayout, repository: Path, log: Path | None = None) -> None:
+    def __init__(
+        self, layout: ServerLayout, repository: Path, log: Path | None = None, http_port: int = 0, grpc_port: int = 0
+    ) -> None:
         self.layout = layout
-        self.repository = Path(repository)
-        self.http_port, self.grpc_port = free_port(), free_port()
+        self.repository = Path(repository).absolute()
+        self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
         while self.grpc_port == self.http_port:
             self.grpc_port = free_port()
         self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])

@@ -59,7 +59,8 @@ class ServerLayout:
             raise TritonServerError(f"no Triton environment at {venv}: run `bash scripts/triton_env.sh {venv}`")
         proc = subprocess.run([str(python), "-c", _LAYOUT_PROBE], capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
-            raise TritonServerError(f"{venv} has no nvidia-pytriton: {proc.stderr.strip().splitlines()[-1:]}")
+            last = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
+            raise TritonServerError(f"{venv} has no usable nvidia-pytriton ({last}): run `bash scripts/triton_env.sh`")
         d = json.loads(proc.stdout.strip().splitlines()[-1])
         layout = cls(Path(d["server"]), Path(d["libs"]), Path(d["libdir"]), Path(d["bin"]))
         if not (layout.server / "backends" / "python" / "triton_python_backend_stub").is_file():

@@ -416,6 +416,10 @@ from sleb_deploy.cli_bench import bench_cmd, report_cmd  # noqa: E402
 app.command("bench")(bench_cmd)
 app.command("report")(report_cmd)
 
+from sleb_deploy.cli_triton import triton_cmd  # noqa: E402
+
+app.command("triton")(triton_cmd)
+
 
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -64,3 +64,29 @@ def test_refuses_unknown_dtype_and_incomplete_engine(tmp_path: Path) -> None:
     assert not (tmp_path / "repo" / "model").exists()
     with pytest.raises(ArtifactError, match=r"engine\.json"):
         write_triton_repository(tmp_path / "nothing", tmp_path / "repo")
+
+
+@pytest.mark.slow
+@pytest.mark.trt
+def test_default_model_engine_repository(default_exports: dict[str, Path], tmp_path: Path) -> None:
+    """The pruned default model's engine, built with TensorRT-RTX and the default build options (batch 16, prompts
+    of 1K, context 2K: what `sleb-deploy export` builds), gives a config.pbtxt Triton parses: every binding,
+    and both profiles in one GPU instance group."""
+    pytest.importorskip("tensorrt_rtx")
+    from defaults import DEFAULT_PRUNED_BLOCKS
+
+    from sleb_deploy.contract import input_names, output_names
+    from sleb_deploy.engines.build import build_engine
+    from sleb_deploy.engines.limits import EngineLimits
+
+    built = build_engine(default_exports["pruned"], tmp_path / "engine", BuildConfig(), backend="tensorrt_rtx")
+    assert EngineLimits.from_manifest(built) == EngineLimits(max_batch=16, max_input_len=1024, max_context_len=2048)
+    repo = write_triton_repository(tmp_path / "engine", tmp_path / "repo", name="pruned")
+    config = parse_config((repo / "config.pbtxt").read_text())
+    layers = 30 - len(DEFAULT_PRUNED_BLOCKS)
+    assert [t.name for t in config.input] == input_names(layers)
+    assert [t.name for t in config.output] == output_names(layers)
+    assert list({t.name: t for t in config.input}["past_key_values.0.key"].dims) == [-1, 3, -1, 64]
+    assert len(config.instance_group) == 1 and list(config.instance_group[0].profile) == ["0", "1"]
+    assert config.instance_group[0].kind == model_config_pb2().ModelInstanceGroup.Kind.Value("KIND_GPU")
+    print(f"\nTensorRT-RTX plan of the pruned default model: {(repo / '1' / 'model.plan').stat().st_size / 1e6:.0f} MB")

@@ -11,15 +11,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${1:-.cache/ort-headers}"
+case "$dest" in /*) ;; *) dest="$PWD/$dest" ;; esac
 include="$dest/usr/include/onnxruntime"
 if [ -f "$include/onnxruntime_cxx_api.h" ]; then
-    echo "$PWD/$include"
+    echo "$include"
     exit 0
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs"
-echo "deb http://deb.debian.org/debian trixie main" > "$tmp/sources.list"
+# Checked against Debian's archive keyring (Debian: installed; Ubuntu: apt-get install debian-archive-keyring).
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+signed=""
+[ -f "$keyring" ] && signed="[signed-by=$keyring] "
+echo "deb ${signed}http://deb.debian.org/debian trixie main" > "$tmp/sources.list"
 opts=(
     -o "Dir::Etc::sourcelist=$tmp/sources.list"
     -o "Dir::Etc::sourceparts=/nonexistent"
@@ -40,4 +45,4 @@ dpkg-deb -x "$deb" "$dest.partial"
 basename "$deb" > "$dest.partial/DEB"
 rm -rf "$dest"
 mv "$dest.partial" "$dest"
-echo "$PWD/$include"
+echo "$include"

@@ -22,9 +22,7 @@ TIMING = re.compile(
 def run_host(host: Path, directory: Path, prompts: Any, *args: str) -> subprocess.CompletedProcess[str]:
     """``sleb-host directory --json ...`` with ``prompts`` (a list of lists, or raw text) on stdin."""
     stdin = prompts if isinstance(prompts, str) else json.dumps(prompts)
-    return subprocess.run(
-        [str(host), str(directory), *args], input=stdin, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([str(host), str(directory), *args], input=stdin, capture_output=True, text=True, timeout=600)
 
 
 def host_tokens(host: Path, directory: Path, prompts: list[list[int]], *args: str) -> list[list[int]]:
@@ -35,9 +33,7 @@ def host_tokens(host: Path, directory: Path, prompts: list[list[int]], *args: st
     return out
 
 
-def python_tokens(
-    onnx: Path, prompts: list[list[int]], max_new_tokens: int, eos: int | None = None
-) -> list[list[int]]:
+def python_tokens(onnx: Path, prompts: list[list[int]], max_new_tokens: int, eos: int | None = None) -> list[list[int]]:
     """``OrtGenerator`` on the prompts left-padded with 0 (the host's padding when no pad/eos is given)."""
     length = max(len(p) for p in prompts)
     ids = np.zeros((len(prompts), length), dtype=np.int64)

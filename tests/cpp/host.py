@@ -12,9 +12,10 @@ import numpy as np
 
 from sleb_deploy.export.ort_generate import OrtGenerator
 
-TIMING = re.compile(
-    r"^sleb-host: timing backend=\S+ batch=\d+ prompt_len=\d+ load_ms=[\d.e+-]+ prefill_ms=[\d.e+-]+ "
-    r"decode_steps=\d+ decode_ms_per_token=[\d.e+-]+$",
+TIMING = re.compile(  # one line per phase: what a benchmark parses
+    r"^sleb-host: timing backend=onnxruntime batch=\d+ phase=load ms=[\d.e+-]+\n"
+    r"sleb-host: timing backend=onnxruntime batch=\d+ phase=prefill prompt_len=\d+ ms=[\d.e+-]+\n"
+    r"sleb-host: timing backend=onnxruntime batch=\d+ phase=decode steps=\d+ ms_per_token=[\d.e+-]+$",
     re.M,
 )
 

@@ -4,8 +4,10 @@
 //
 // DIR holds export.json (+ model.onnx) or engine.json (+ model.plan). Prompts: one per line, token ids
 // separated by spaces, or a JSON list of lists; stdin by default. Output: one line of new token ids per
-// prompt (or one JSON object with --json). A timing line goes to stderr:
-//   sleb-host: timing backend=... batch=B prompt_len=S prefill_ms=... decode_steps=N decode_ms_per_token=...
+// prompt (or one JSON object with --json). A timing line per phase goes to stderr:
+//   sleb-host: timing backend=onnxruntime batch=2 phase=load ms=...
+//   sleb-host: timing backend=onnxruntime batch=2 phase=prefill prompt_len=7 ms=...
+//   sleb-host: timing backend=onnxruntime batch=2 phase=decode steps=15 ms_per_token=...
 // Errors: one line on stderr, `sleb-host: error: ...`, and the exit code of sleb-deploy's error kind
 // (2 bad input, 3 bad artifact, 4 missing backend).
 #include <chrono>
@@ -120,9 +122,11 @@ int run(int argc, char** argv) {
         << ", \"decode_steps\": " << r.timing.decode_steps << ", \"decode_ms_per_token\": " << r.timing.decode_ms_per_token()
         << "}\n";
   std::cout << out.str();
-  std::cerr << "sleb-host: timing backend=" << name << " batch=" << prompts.size() << " prompt_len=" << r.prompt_len
-            << " load_ms=" << load_ms << " prefill_ms=" << r.timing.prefill_ms << " decode_steps=" << r.timing.decode_steps
-            << " decode_ms_per_token=" << r.timing.decode_ms_per_token() << "\n";
+  const std::string head = "sleb-host: timing backend=" + name + " batch=" + std::to_string(prompts.size());
+  std::cerr << head << " phase=load ms=" << load_ms << "\n"
+            << head << " phase=prefill prompt_len=" << r.prompt_len << " ms=" << r.timing.prefill_ms << "\n"
+            << head << " phase=decode steps=" << r.timing.decode_steps
+            << " ms_per_token=" << r.timing.decode_ms_per_token() << "\n";
   return 0;
 }
 

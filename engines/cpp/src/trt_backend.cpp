@@ -1,7 +1,7 @@
 // The TensorRT backend (see trt_backend.hpp). Compiled only where TensorRT is installed; not run in CI.
 #include "sleb_host/trt_backend.hpp"
 
-#include <NvInfer.h>
+#include <NvInferRuntime.h>  // the runtime API only (no builder): what a deploy-only host needs
 #include <cuda_runtime_api.h>
 
 #include <fstream>

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from host import host_tokens, python_tokens, run_host
+from sleb_host_run import host_tokens, python_tokens, run_host
 from tiny import FAMILIES, VOCAB, ExportCache, write_export_manifest
 
 MAX_NEW = 8

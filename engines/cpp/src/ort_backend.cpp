@@ -20,7 +20,7 @@ ONNXTensorElementDataType ort_type(const std::string& dtype) {
 class OrtBackend final : public Backend {
  public:
   OrtBackend(const ExportInfo& info, const OrtOptions& opts)
-      : info_(info), env_(ORT_LOGGING_LEVEL_ERROR, "sleb-host"),
+      : info_(info), env_(ORT_LOGGING_LEVEL_FATAL, "sleb-host"),  // failures surface as exceptions: one line each
         mem_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)) {
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(opts.intra_op_threads);

@@ -150,7 +150,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--new", type=int, default=48)
+    ap.add_argument("--render", action="store_true", help="rewrite the .md from the committed .json only")
     args = ap.parse_args()
+    if args.render:
+        rec = json.loads((RESULTS / "cpp_host_smollm2.json").read_text())
+        (RESULTS / "cpp_host_smollm2.md").write_text(render(rec))
+        return
 
     import onnxruntime as ort
     from transformers import AutoTokenizer
@@ -239,17 +244,23 @@ def render(rec: dict[str, Any]) -> str:
         "| case | C++ host | OrtGenerator | graph alone | C++ / graph | Python / graph | C++ / Python | same tokens |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(c: dict[str, Any], key: str) -> str:
+        q1, med, q3 = statistics.quantiles(c["ratios"][key], n=4)
+        return f"{med:.3f} ({q1:.2f}-{q3:.2f})"
+
     for name, c in rec["cases"].items():
-        m, r = c["median_ms"], c["median_ratio"]
+        m = c["median_ms"]
         lines.append(
             f"| {name} (prompts {c['prompt_lengths']}, {c['new_tokens']} new) | {m['cpp']:.2f} | {m['python']:.2f} "
-            f"| {m['graph']:.2f} | {r['cpp_over_graph']:.3f} | {r['python_over_graph']:.3f} "
-            f"| {r['cpp_over_python']:.3f} | {c['same_tokens']} |"
+            f"| {m['graph']:.2f} | {ratio(c, 'cpp_over_graph')} | {ratio(c, 'python_over_graph')} "
+            f"| {ratio(c, 'cpp_over_python')} | {c['same_tokens']} |"
         )
     lines += [
         "",
-        "Medians over rounds; ratios are medians of per-round ratios (variants interleaved, order flipped each",
-        "round). The graph alone is `run_with_iobinding` on the same decode shapes with inputs made off the clock.",
+        "Times: medians over rounds. Ratios: median (interquartile range) of the per-round paired ratios (variants",
+        "interleaved, order flipped each round). The graph alone is `run_with_iobinding` on the same decode shapes",
+        "with inputs made off the clock. The C++ host's prefill (its own timing line) is in the JSON.",
         "",
     ]
     return "\n".join(lines)

@@ -106,6 +106,15 @@ class ExportCache:
         return self.done[key]
 
 
+def write_export_manifest(directory: Path, spec: Any) -> None:
+    """An ``export.json`` like the export stage's for a tiny export (hosts and builders read the graph from it)."""
+    from sleb_deploy.export.manifest import ExportManifest
+    from sleb_deploy.models.load import ModelSource
+
+    source = ModelSource("tiny", "local", str(directory), None)
+    ExportManifest(model=source, graph=spec, validation={}, pruning={"pruned": False}, options={}).write(directory)
+
+
 def make_identity(model: Any, block: int) -> None:
     """Zero the attention output and MLP down projections of `block`: it then adds nothing to the residual."""
     from sleb_deploy.models.adapters import adapter_for

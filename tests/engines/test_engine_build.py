@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny import ExportCache
+from tiny import ExportCache, write_export_manifest
 
 from sleb_deploy.contract import input_names, output_names
 from sleb_deploy.engines import BuildConfig, build_engine
 from sleb_deploy.errors import ArtifactError, MissingDependencyError, UserInputError
 from sleb_deploy.export.manifest import ExportManifest
-from sleb_deploy.models.load import ModelSource
 
 CFG = BuildConfig(max_batch=2, max_input_len=16, max_context_len=32)
 
@@ -36,11 +35,6 @@ class OnnxDirs:
         if dtype != "fp32" and not ExportManifest.exists(path.parent):
             write_export_manifest(path.parent, spec)
         return path.parent
-
-
-def write_export_manifest(directory: Path, spec: Any) -> None:
-    source = ModelSource("tiny", "local", str(directory), None)
-    ExportManifest(model=source, graph=spec, validation={}, pruning={"pruned": False}, options={}).write(directory)
 
 
 @pytest.fixture

@@ -58,6 +58,8 @@ class OrtGenerator:
         self.kv_cache = contract.STATIC if contract.WRITE_INDICES in names else contract.CONCAT
         # Static contract: the buffer length when the graph fixes it (a TensorRT-ready export), else None.
         self.max_cache_len = first.shape[2] if isinstance(first.shape[2], int) else None
+        logits = next(o for o in self.session.get_outputs() if o.name == contract.LOGITS)
+        self.last_logits_only = logits.shape[1] == 1  # a --last-logits-only export
 
     def cache(self, batch: int, length: int) -> StaticCache:
         """Zeroed buffers for ``run_static`` (static-cache graphs)."""
@@ -190,6 +192,8 @@ class OrtGenerator:
         write = np.zeros(batch, dtype=np.int64)
         # Each row continues right after its last prompt token (left padding: the prompt's end for every row).
         last = prompt - 1 - np.argmax(mask[:, ::-1], axis=1)
+        if self.last_logits_only and (last != prompt - 1).any():
+            raise UserInputError("a --last-logits-only graph gives the last position's logits only: pad prompts left")
         cur, pos = ids, contract.position_ids(mask, prompt)
         next_pos = mask.sum(axis=1)
         out = [ids]
@@ -197,7 +201,8 @@ class OrtGenerator:
         rows = np.arange(batch)
         for step in range(max_new_tokens):
             logits = self.run_static(cur, buf_mask, pos, write, cache)
-            nxt = logits[rows, last - write if step == 0 else 0].argmax(axis=-1).astype(np.int64)
+            at = last - write if step == 0 and not self.last_logits_only else 0
+            nxt = logits[rows, at].argmax(axis=-1).astype(np.int64)
             nxt = np.where(done, fill, nxt)
             out.append(nxt[:, None])
             if eos_token_id is not None:

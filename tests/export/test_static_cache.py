@@ -102,6 +102,24 @@ def test_bad_input_is_refused_before_running(exports: ExportCache) -> None:
         OrtGenerator(exports.get("llama")[1]).cache(2, 8)
 
 
+def test_last_logits_only_static(exports: ExportCache) -> None:
+    from sleb_deploy.export.ort_generate import OrtGenerator
+    from sleb_deploy.export.validate import make_inputs
+    from sleb_deploy.export.validate_static import validate_static_against_torch
+
+    model, path, _ = exports.get("llama", last=True, kv_cache="static")
+    res = validate_static_against_torch(model, path)
+    assert res["max_logits"] < 1e-4 and res["max_kv"] < 1e-4 and res["present_shapes_ok"], res
+    ids, mask = make_inputs(2, PROMPT, VOCAB, left_pad=True, seed=4)
+    gen = OrtGenerator(path)
+    full = OrtGenerator(exports.get("llama", kv_cache="static")[1])
+    np.testing.assert_array_equal(
+        gen.generate(ids.numpy(), mask.numpy(), NEW), full.generate(ids.numpy(), mask.numpy(), NEW)
+    )
+    with pytest.raises(UserInputError, match="pad prompts left"):
+        gen.generate(*_right_padded(ids.numpy(), mask.numpy()), max_new_tokens=NEW)
+
+
 def test_export_options_are_checked(tmp_path: Path) -> None:
     from sleb_deploy.export.onnx_graph import export_decoder_onnx
 

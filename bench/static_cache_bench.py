@@ -74,6 +74,7 @@ class Graph:
 
         self.ort = ort
         self.name = name
+        self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         ins = self.session.get_inputs()
         self.input_names = [i.name for i in ins]
@@ -142,40 +143,83 @@ def prefill_logits(graphs: list[Graph]) -> dict[str, float]:
 
 
 def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> list[dict[str, Any]]:
+    """Every shape: the three graphs (static and builder with a buffer of past + new + ``headroom`` slots) and
+    ``static_tight``, the static graph's session with a buffer of exactly past + new slots (the last step of a
+    generation whose buffer the generator sized to prompt + new tokens)."""
     rows = []
     shapes = [(*s, s[3] + s[2] + headroom) for s in SHAPES]
     shapes.append(("decode B=1 past 128, 4096-slot buffer", 1, 1, 128, 4096))
+    by_name = {g.name: g for g in graphs}
     for label, batch, seq, past, length in shapes:
-        todo = graphs if "4096" not in label else [g for g in graphs if g.name != "concat"]
-        binds = {g.name: g.bind(batch, seq, past, length, np.random.default_rng(1)) for g in todo}
-        times: dict[str, list[float]] = {g.name: [] for g in todo}
+        todo = [g.name for g in graphs if "4096" not in label or g.name != "concat"]
+        if "4096" not in label:
+            todo.append("static_tight")
+        binds = {
+            n: by_name[n.split("_")[0]].bind(
+                batch, seq, past, past + seq if n == "static_tight" else length, np.random.default_rng(1)
+            )
+            for n in todo
+        }
+        times: dict[str, list[float]] = {n: [] for n in todo}
         for _ in range(warmup):
-            for g in todo:
-                g.run(binds[g.name])
-        n = rounds if seq == 1 else max(8, rounds // 2)
-        for r in range(n):
+            for n in todo:
+                by_name[n.split("_")[0]].run(binds[n])
+        n_rounds = rounds if seq == 1 else max(8, rounds // 2)
+        for r in range(n_rounds):
             k = r % len(todo)
-            for g in todo[k:] + todo[:k]:
-                times[g.name].append(g.run(binds[g.name]))
-        row: dict[str, Any] = {"shape": label, "batch": batch, "seq": seq, "past": past, "buffer": length, "rounds": n}
-        for g in todo:
-            t = np.array(times[g.name]) * 1e3
-            row[g.name] = {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
-        for base in ("builder", "concat"):
-            if base in times and "static" in times:
-                paired = np.array(times["static"]) / np.array(times[base])
-                row[f"static_over_{base}"] = round(float(np.median(paired)), 3)
-                row[f"static_over_{base}_iqr"] = [round(float(np.percentile(paired, q)), 3) for q in (25, 75)]
+            for n in todo[k:] + todo[:k]:
+                times[n].append(by_name[n.split("_")[0]].run(binds[n]))
+        row: dict[str, Any] = {
+            "shape": label, "batch": batch, "seq": seq, "past": past, "buffer": length, "rounds": n_rounds,
+        }  # fmt: skip
+        for n in todo:
+            t = np.array(times[n]) * 1e3
+            row[n] = {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
+        for mine in ("static", "static_tight"):
+            for base in ("builder", "concat"):
+                if base in times and mine in times:
+                    paired = np.array(times[mine]) / np.array(times[base])
+                    row[f"{mine}_over_{base}"] = round(float(np.median(paired)), 3)
+                    row[f"{mine}_over_{base}_iqr"] = [round(float(np.percentile(paired, q)), 3) for q in (25, 75)]
         row["load"] = _load()
         rows.append(row)
         print(
             f"{label:40s} "
-            + "  ".join(f"{g.name} {row[g.name]['median_ms']:.2f}" for g in todo)
+            + "  ".join(f"{n} {row[n]['median_ms']:.2f}" for n in todo)
             + f"  static/builder {row.get('static_over_builder')}  static/concat {row.get('static_over_concat')}"
+            + f"  tight/builder {row.get('static_tight_over_builder')}"
+            + f"  tight/concat {row.get('static_tight_over_concat')}"
             + f"  load {row['load'][0]}",
             flush=True,
         )
     return rows
+
+
+def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> dict[str, Any]:
+    """Per-op-type time (ms per run, ORT's profiler, sessions of their own on the shared pool) at one decode shape."""
+    import onnxruntime as ort
+
+    batch, past, runs = *shape[:2], shape[2]
+    out = {}
+    for g in graphs:
+        so = ort.SessionOptions()
+        so.use_per_session_threads = False
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path("/tmp") / f"static-cache-profile-{g.name}")
+        prof = Graph(g.name, g.path, so)
+        b = prof.bind(batch, 1, past, past + 1 + headroom, np.random.default_rng(2))
+        for _ in range(runs):
+            prof.run(b)
+        trace = json.loads(Path(prof.session.end_profiling()).read_text())
+        by_op: dict[str, float] = {}
+        for ev in trace:
+            if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+                op = ev["args"]["op_name"]
+                by_op[op] = by_op.get(op, 0.0) + ev["dur"]
+        top = sorted(by_op.items(), key=lambda kv: -kv[1])[:6]
+        out[g.name] = {op: round(us / runs / 1e3, 2) for op, us in top}
+    return out
 
 
 def slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -185,7 +229,8 @@ def slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for batch in (1, 4):
         lo, hi = by[(batch, 128)], by[(batch, 2048)]
         out[f"B={batch}"] = {
-            g: round((hi[g]["median_ms"] - lo[g]["median_ms"]) / 1.92, 2) for g in ("static", "concat", "builder")
+            g: round((hi[g]["median_ms"] - lo[g]["median_ms"]) / 1.92, 2)
+            for g in ("static", "static_tight", "concat", "builder")
         }
     return out
 
@@ -215,20 +260,31 @@ def markdown(r: dict[str, Any]) -> str:
         f"on {r['machine']['cpus']} CPUs (shared machine). Command: `{r['command']}`.",
         f"Prefill logits vs concat (max |diff|): {r['logits_vs_concat']}.",
         "",
-        "| shape | static (ms) | concat (ms) | builder, shared buffer (ms) | static / builder | static / concat |",
-        "|---|---|---|---|---|---|",
+        "`static`: buffer of past + new + headroom slots; `tight`: the same graph with a buffer of exactly past + new",
+        "slots. Ratios are medians of per-round ratios (runs adjacent in time).",
+        "",
+        "| shape | static (ms) | tight (ms) | concat (ms) | builder, shared buffer (ms) | static / builder | "
+        "tight / builder | static / concat | tight / concat |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ms(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]['median_ms']:.2f}" if key in row else "–"
+
     for row in r["rows"]:
-        c = row.get("concat", {}).get("median_ms", "–")
         lines.append(
-            f"| {row['shape']} | {row['static']['median_ms']:.2f} | {c if c == '–' else f'{c:.2f}'} | "
-            f"{row['builder']['median_ms']:.2f} | {row.get('static_over_builder', '–')} | "
-            f"{row.get('static_over_concat', '–')} |"
+            f"| {row['shape']} | {ms(row, 'static')} | {ms(row, 'static_tight')} | {ms(row, 'concat')} | "
+            f"{ms(row, 'builder')} | {row.get('static_over_builder', '–')} | "
+            f"{row.get('static_tight_over_builder', '–')} | {row.get('static_over_concat', '–')} | "
+            f"{row.get('static_tight_over_concat', '–')} |"
         )
     lines += ["", "Decode slope, ms per 1K tokens of context (past 128 -> 2048):", ""]
-    lines += ["| batch | static | concat | builder |", "|---|---|---|---|"]
+    lines += ["| batch | static | tight | concat | builder |", "|---|---|---|---|---|"]
     for batch, s in r["slopes"].items():
-        lines.append(f"| {batch} | {s['static']} | {s['concat']} | {s['builder']} |")
+        lines.append(f"| {batch} | {s['static']} | {s['static_tight']} | {s['concat']} | {s['builder']} |")
+    lines += ["", f"ORT profile, ms per run by op type ({r['profile']['shape']}, separate sessions):", ""]
+    for name, ops in r["profile"]["ops"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{op} {t}" for op, t in ops.items()))
     lines.append("")
     return "\n".join(lines)
 
@@ -259,6 +315,10 @@ def main() -> None:
     print("prefill logits vs concat", diffs, flush=True)
     load_before = _load()
     rows = measure(graphs, args.rounds, args.warmup, args.headroom)
+    prof = {
+        "shape": f"decode B=16 past 128, buffer {129 + args.headroom}",
+        "ops": profile(graphs, (16, 128, 10), args.headroom),
+    }
     result = {
         "model": "smollm2-135m (SmolLM2-135M-Instruct)",
         "threads": args.threads,
@@ -273,6 +333,7 @@ def main() -> None:
         "logits_vs_concat": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         "rows": rows,
         "slopes": slopes(rows),
+        "profile": prof,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

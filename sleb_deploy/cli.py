@@ -17,6 +17,7 @@ from sleb_deploy.config import (
     EngineBackend,
     ExportConfig,
     GraphDtype,
+    KvCache,
     LoadDtype,
     Metric,
     PruneConfig,
@@ -69,7 +70,7 @@ app = typer.Typer(
 T = TypeVar("T")
 P, E, BC = PruneConfig(), ExportConfig(), BuildConfig()  # the defaults every option below shows
 METRIC, SCORER, LOAD_DTYPE, WINDOW_BOS = Metric(P.metric), Scorer(P.scorer), LoadDtype(P.dtype), WindowBos(P.window_bos)
-GRAPH_DTYPE, VARIANT = GraphDtype(E.dtype), Variant(E.variant)
+GRAPH_DTYPE, VARIANT, KV_CACHE = GraphDtype(E.dtype), Variant(E.variant), KvCache(E.kv_cache)
 
 # Options shared by several commands, written once.
 ModelOpt = Annotated[str, typer.Option(help="HF directory, hub id, or built-in alias")]
@@ -276,6 +277,17 @@ def onnx_cmd(
     external_data: Annotated[
         bool | None, typer.Option(help="weights in model.onnx_data [default: only over 2 GiB]")
     ] = E.external_data,
+    kv_cache: Annotated[
+        KvCache,
+        typer.Option(
+            help="KV-cache contract: concat (Optimum's, present = concat(past, new)) or static (preallocated "
+            "buffers updated in place, opset 24; see engines/README.md)"
+        ),
+    ] = KV_CACHE,
+    max_cache_len: Annotated[
+        int | None,
+        typer.Option(help="static cache: fix the buffer length in the graph (TensorRT) [default: symbolic]"),
+    ] = E.max_cache_len,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -285,7 +297,7 @@ def onnx_cmd(
 
     cfg = ExportConfig(
         dtype=dtype.value, variant=variant.value, last_logits_only=last_logits_only, external_data=external_data,
-        force=force,
+        force=force, kv_cache=kv_cache.value, max_cache_len=max_cache_len,
     )  # fmt: skip
     target = out if out is not None else Path("export") / model_name(model) / "onnx"
     result = run_stage(lambda: export_checkpoint(model, target, cfg))

@@ -47,6 +47,13 @@ class Variant(str, Enum):
     OPSET18 = "opset18"  # MatMul/Softmax attention
 
 
+class KvCache(str, Enum):
+    """The graph's KV-cache contract (``contract.KV_CACHE_CONTRACTS``; engines/README.md)."""
+
+    CONCAT = "concat"  # Optimum's: present = concat(past, new)
+    STATIC = "static"  # preallocated buffers updated in place (TensorScatter), opset 24
+
+
 class WindowBos(str, Enum):
     """How calibration and evaluation windows start (``data.resolve_window_bos``; the family table's
     ``Adapter.window_bos`` decides ``auto``)."""
@@ -108,3 +115,5 @@ class ExportConfig:
     external_data: bool | None = None  # None: only when the graph's weights exceed protobuf's 2 GiB
     tolerance: float | None = None  # None: the dtype's tolerance (export/stage.py TOLERANCE)
     force: bool = False
+    kv_cache: str = KvCache.CONCAT.value
+    max_cache_len: int | None = None  # static contract: fixed buffer length (TensorRT); None = symbolic

@@ -14,6 +14,13 @@ The names and axes are Optimum's (``ORTModelForCausalLM`` loads our graphs as th
 ``present.{i}.key``            float ``[batch_size, num_kv_heads, past_sequence_length + sequence_length,
                                head_dim]`` (+ value): the past with the new positions appended
 =============================  =========================================================================
+
+The static-cache contract (``kv_cache="static"``, ``export --kv-cache static``) keeps those names and changes
+three things: the K/V inputs are preallocated buffers ``[batch_size, num_kv_heads, max_cache_len, head_dim]``
+that the outputs of the same name pattern alias (``present.{i}.key`` is ``past_key_values.{i}.key`` with this
+step's rows written in, by ``TensorScatter``); ``attention_mask`` covers the whole buffer
+(``[batch_size, max_cache_len]``, 1 = a buffer slot holding a token to attend once this step is written);
+and ``write_indices`` (int64 ``[batch_size]``) says per row where this step's first token is written.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ TOTAL = f"{PAST} + {SEQ}"
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
 TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
 PAST_NAME = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-KV_CACHE_CONTRACTS = ("concat",)  # present = concat(past, new); the static-cache contract will add "static"
+WRITE_INDICES, MAX_CACHE = "write_indices", "max_cache_len"
+CONCAT, STATIC = "concat", "static"
+KV_CACHE_CONTRACTS = (CONCAT, STATIC)  # present = concat(past, new) | present = past with this step written in
+STATIC_OPSET = 24  # TensorScatter and Attention with nonpad_kv_seqlen
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -40,17 +50,33 @@ def present_names(num_layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
-def input_names(num_layers: int) -> list[str]:
-    """The graph inputs, in order: the three token inputs, then key/value of every layer."""
-    return [*TOKEN_INPUTS, *past_names(num_layers)]
+def input_names(num_layers: int, kv_cache: str = CONCAT) -> list[str]:
+    """The graph inputs, in order: the three token inputs, ``write_indices`` (static contract), then key/value
+    of every layer."""
+    extra = [WRITE_INDICES] if kv_cache == STATIC else []
+    return [*TOKEN_INPUTS, *extra, *past_names(num_layers)]
 
 
 def output_names(num_layers: int) -> list[str]:
     return [LOGITS, *present_names(num_layers)]
 
 
-def dynamic_axes(num_layers: int, last_logits_only: bool) -> dict[str, dict[int, str]]:
-    """The symbolic dimensions of every input and output (index -> Optimum's axis name)."""
+def dynamic_axes(
+    num_layers: int, last_logits_only: bool, kv_cache: str = CONCAT, static_cache_len: bool = False
+) -> dict[str, dict[int, str]]:
+    """The symbolic dimensions of every input and output (index -> Optimum's axis name). Static contract:
+    ``static_cache_len`` fixes ``max_cache_len`` in the graph (TensorRT needs it), else it is symbolic."""
+    if kv_cache == STATIC:
+        cache_axes = {0: BATCH} if static_cache_len else {0: BATCH, 2: MAX_CACHE}
+        static: dict[str, dict[int, str]] = {
+            INPUT_IDS: {0: BATCH, 1: SEQ},
+            ATTENTION_MASK: {0: BATCH} if static_cache_len else {0: BATCH, 1: MAX_CACHE},
+            POSITION_IDS: {0: BATCH, 1: SEQ},
+            WRITE_INDICES: {0: BATCH},
+            LOGITS: {0: BATCH} if last_logits_only else {0: BATCH, 1: SEQ},
+        }
+        static.update({n: dict(cache_axes) for n in [*past_names(num_layers), *present_names(num_layers)]})
+        return static
     axes: dict[str, dict[int, str]] = {
         INPUT_IDS: {0: BATCH, 1: SEQ},
         ATTENTION_MASK: {0: BATCH, 1: TOTAL},
@@ -62,8 +88,12 @@ def dynamic_axes(num_layers: int, last_logits_only: bool) -> dict[str, dict[int,
     return axes
 
 
-def axis_labels(name: str) -> list[str]:
+def axis_labels(name: str, kv_cache: str = CONCAT) -> list[str]:
     """Every dimension of tensor ``name`` by meaning (static ones too), for I/O tables such as engine.json's."""
+    if kv_cache == STATIC and (name == ATTENTION_MASK or PAST_NAME.match(name) or name.startswith("present.")):
+        return [BATCH, MAX_CACHE] if name == ATTENTION_MASK else [BATCH, "num_kv_heads", MAX_CACHE, "head_dim"]
+    if name == WRITE_INDICES:
+        return [BATCH]
     if name in (INPUT_IDS, POSITION_IDS):
         return [BATCH, SEQ]
     if name == ATTENTION_MASK:
@@ -144,7 +174,9 @@ class GraphSpec:
     model_type: str
     external_data: bool
     initializer_bytes: int = 0
-    kv_cache: str = "concat"
+    kv_cache: str = CONCAT
+    max_cache_len: int | None = None  # static contract: the buffer length fixed in the graph; None = symbolic
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "tensorrt"])  # what can run the graph
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
 

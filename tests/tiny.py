@@ -86,22 +86,30 @@ class ExportCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.done: dict[tuple[str, str, str, bool, int], tuple[Any, Path, Any]] = {}
+        self.done: dict[tuple[str, str, str, bool, int, str], tuple[Any, Path, Any]] = {}
 
     def get(
-        self, family: str, variant: str | None = None, dtype: str = "fp32", last: bool = False, num_layers: int = 3
+        self,
+        family: str,
+        variant: str | None = None,
+        dtype: str = "fp32",
+        last: bool = False,
+        num_layers: int = 3,
+        kv_cache: str = "concat",
     ) -> tuple[Any, Path, Any]:
         """(fp32 torch model, path of model.onnx, GraphSpec)."""
         from sleb_deploy.export.onnx_graph import DEFAULT_VARIANT, export_decoder_onnx
 
         variant = variant or DEFAULT_VARIANT
-        key = (family, variant, dtype, last, num_layers)
+        key = (family, variant, dtype, last, num_layers, kv_cache)
         if key not in self.done:
             model = tiny_model(family, num_layers, scaled=False)
-            out = self.root / f"{family}-{variant}-{dtype}-{int(last)}-{num_layers}"
+            out = self.root / f"{family}-{variant}-{dtype}-{int(last)}-{num_layers}-{kv_cache}"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                spec = export_decoder_onnx(model, out, dtype=dtype, variant=variant, last_logits_only=last)
+                spec = export_decoder_onnx(
+                    model, out, dtype=dtype, variant=variant, last_logits_only=last, kv_cache=kv_cache
+                )
             self.done[key] = (model, out / "model.onnx", spec)
         return self.done[key]
 

@@ -146,7 +146,8 @@ def graph_dims(net: Any, onnx_path: Path) -> tuple[int, int, int]:
     names = [net.get_input(i).name for i in range(net.num_inputs)]
     layers = {int(m.group(1)) for n in names if (m := contract.PAST_NAME.match(n))}
     num_layers = max(layers) + 1 if layers else 0
-    if num_layers == 0 or set(names) != set(contract.input_names(num_layers)):
+    contracts = [set(contract.input_names(num_layers, kv)) for kv in contract.KV_CACHE_CONTRACTS]
+    if num_layers == 0 or set(names) not in contracts:
         raise ArtifactError(
             f"{onnx_path} does not have the KV-cache inputs of a sleb-deploy export "
             f"(input_ids, attention_mask, position_ids, past_key_values.{{i}}.key|value); got {names[:6]}..."
@@ -158,13 +159,40 @@ def graph_dims(net: Any, onnx_path: Path) -> tuple[int, int, int]:
     return num_layers, int(shape[1]), int(shape[3])
 
 
+_SYMBOLIC_CACHE = "must have a static sequence length dimension"
+
+
+def static_cache_len(net: Any) -> int | None:
+    """A static-cache graph's buffer length (``max_cache_len``), None for the concatenating contract."""
+    names = [net.get_input(i).name for i in range(net.num_inputs)]
+    if contract.WRITE_INDICES not in names:
+        return None
+    return int(net.get_input(names.index(contract.past_names(1)[0])).shape[2])
+
+
+def _parse(trt: ModuleType, logger: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
+    """``parse_network``, with TensorRT's refusal of a static-cache graph whose buffer length is symbolic
+    ("The KV cache tensor must have a static sequence length dimension") turned into what to do about it."""
+    try:
+        return parse_network(trt, logger, onnx_path)
+    except ArtifactError as err:
+        if _SYMBOLIC_CACHE in str(err) or any(_SYMBOLIC_CACHE in m for _, m in logger.messages):
+            raise UserInputError(
+                f"{onnx_path} is a static-cache graph with a symbolic buffer length; TensorRT needs a fixed one: "
+                "export it with --kv-cache static --max-cache-len N"
+            ) from err
+        raise
+
+
 def _io_table(net: Any) -> list[dict[str, Any]]:
     """Name, direction, dtype and dims of every binding; -1 dims labelled with the contract's axis names."""
     rows = []
     tensors = [("input", net.get_input(i)) for i in range(net.num_inputs)]
     tensors += [("output", net.get_output(i)) for i in range(net.num_outputs)]
+    names = {t.name for _, t in tensors}
+    kv_cache = contract.STATIC if contract.WRITE_INDICES in names else contract.CONCAT
     for mode, t in tensors:
-        labels = contract.axis_labels(t.name)
+        labels = contract.axis_labels(t.name, kv_cache)
         shape = [int(d) for d in t.shape]
         dims: list[int | str] = [labels[k] if d < 0 and k < len(labels) else d for k, d in enumerate(shape)]
         rows.append({"name": t.name, "mode": mode, "dtype": t.dtype.name, "shape": shape, "dims": dims})
@@ -269,13 +297,14 @@ def build_engine(
     logger = recording_logger(trt)
     logger.messages.clear()
 
-    builder, net, _parser = parse_network(trt, logger, onnx_path)
+    builder, net, _parser = _parse(trt, logger, onnx_path)
     num_layers, kv_heads, head_dim = graph_dims(net, onnx_path)
     if export is not None and export.graph.num_layers != num_layers:
         raise ArtifactError(
             f"{onnx_dir}/export.json says {export.graph.num_layers} layers but model.onnx has {num_layers}"
         )
-    profiles = optimization_profiles(rcfg, num_layers, kv_heads, head_dim)
+    cache_len = static_cache_len(net)
+    profiles = optimization_profiles(rcfg, num_layers, kv_heads, head_dim, cache_len)
 
     config = builder.create_builder_config()
     _add_profiles(builder, config, profiles)
@@ -315,6 +344,8 @@ def build_engine(
                 **rcfg.to_json(),
                 "strongly_typed": True,
                 "attention_layers_marked_decomposable": decomposed,
+                "kv_cache": contract.CONCAT if cache_len is None else contract.STATIC,
+                "max_cache_len": cache_len,
             },
             precision="from the ONNX (strongly typed network)",
             num_layers=num_layers,

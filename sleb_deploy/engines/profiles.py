@@ -5,6 +5,10 @@ One ONNX graph serves both phases of generation (DESIGN.md section 3), so one en
 - profile 0, **prefill**: past length 0, sequence 1..``max_input_len`` (the whole prompt in one call);
 - profile 1, **decode**: sequence 1, past 1..``max_context_len - 1`` (one new token against the KV cache).
 
+Static-cache graphs (``contract.STATIC``) have the same two profiles, but their K/V buffers and
+``attention_mask`` have the fixed length ``max_cache_len`` the graph was exported with (TensorRT needs the
+buffer's sequence dimension static); only batch and sequence vary.
+
 A host selects the profile by the phase it runs. Every point of every profile (min, opt and max, each on
 its own) satisfies ``attention_mask`` length = past + sequence: TensorRT checks the shapes of each point
 separately, and a point where the mask disagrees with the KV cache would describe inputs no host sends.
@@ -111,8 +115,30 @@ def _profile(num_layers: int, kv: tuple[int, int], batch: Dims, seq: Dims, past:
     return prof
 
 
-def optimization_profiles(cfg: BuildConfig, num_layers: int, num_kv_heads: int, head_dim: int) -> list[Profile]:
-    """``[prefill, decode]``: per input name, its (min, opt, max) shapes (see the module docstring)."""
+def _static_profile(num_layers: int, kv: tuple[int, int], batch: Dims, seq: Dims, cache_len: int) -> Profile:
+    """Static contract: batch and sequence vary, the buffers and the mask keep ``cache_len`` slots."""
+    heads, head_dim = kv
+
+    def points(shape: Callable[[int], Dims]) -> tuple[Dims, Dims, Dims]:
+        return shape(0), shape(1), shape(2)
+
+    prof: Profile = {
+        contract.INPUT_IDS: points(lambda k: (batch[k], seq[k])),
+        contract.ATTENTION_MASK: points(lambda k: (batch[k], cache_len)),
+        contract.POSITION_IDS: points(lambda k: (batch[k], seq[k])),
+        contract.WRITE_INDICES: points(lambda k: (batch[k],)),
+    }
+    cache = points(lambda k: (batch[k], heads, cache_len, head_dim))
+    for name in contract.past_names(num_layers):
+        prof[name] = cache
+    return prof
+
+
+def optimization_profiles(
+    cfg: BuildConfig, num_layers: int, num_kv_heads: int, head_dim: int, max_cache_len: int | None = None
+) -> list[Profile]:
+    """``[prefill, decode]``: per input name, its (min, opt, max) shapes (see the module docstring).
+    ``max_cache_len``: a static-cache graph with buffers of that many slots (the concatenating one: None)."""
     for what, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
         if value < 1:
             raise UserInputError(f"{what} must be positive, not {value}")
@@ -120,6 +146,16 @@ def optimization_profiles(cfg: BuildConfig, num_layers: int, num_kv_heads: int, 
     assert c.opt_batch is not None and c.opt_input_len is not None and c.opt_context_len is not None
     batch = (c.min_batch, c.opt_batch, c.max_batch)
     kv = (num_kv_heads, head_dim)
+    if max_cache_len is not None:
+        if c.max_input_len > max_cache_len:
+            raise UserInputError(
+                f"max_input_len ({c.max_input_len}) exceeds the graph's {max_cache_len}-slot KV cache buffer: "
+                "lower max_input_len or export with a larger --max-cache-len"
+            )
+        return [
+            _static_profile(num_layers, kv, batch, (1, c.opt_input_len, c.max_input_len), max_cache_len),
+            _static_profile(num_layers, kv, batch, (1, 1, 1), max_cache_len),
+        ]
     prefill = _profile(num_layers, kv, batch, seq=(1, c.opt_input_len, c.max_input_len), past=(0, 0, 0))
     decode = _profile(num_layers, kv, batch, seq=(1, 1, 1), past=(1, c.opt_context_len - 1, c.max_context_len - 1))
     return [prefill, decode]

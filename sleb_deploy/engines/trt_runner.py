@@ -76,6 +76,11 @@ class TrtEngine:
             )
         manifest = EngineManifest.read(engine_dir)
         self.manifest = manifest
+        if manifest.build_options.get("kv_cache", contract.CONCAT) != contract.CONCAT:
+            raise ArtifactError(
+                f"{engine_dir} is a static KV-cache engine: this runner drives the concatenating contract only "
+                "(engines/README.md section 5c); build the engine from a default (--kv-cache concat) export"
+            )
         self.limits = EngineLimits.from_manifest(manifest)
         module = str(manifest.backend.get("module"))
         if module not in BACKEND_EXTRAS:

@@ -209,22 +209,15 @@ class _Layer(nn.Module):
             gate, up = gate_up.chunk(2, dim=-1)
         return cast(torch.Tensor, self.mlp.down_proj(self.act(gate) * up))
 
-    def _attention_op(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor, int] | None,
-        allowed: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
-        scale: float,
-        last_only: bool,
+    def qkv_heads(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, int] | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Attention as the ONNX op, every head in the [B, heads, S, D] layout the KV cache has.
+        """q [B, H, S, D], k and v [B, Hkv, S, D] with the q/k norms and rotary applied, ONNX-op style.
 
         The fused q|k|v projection is reshaped and transposed once, then split by heads; rotary and the
         q/k norms run on that 4-D layout. Per layer that is one Reshape/Transpose pair instead of one per
         q, k and v (the default model: 690 nodes instead of 871, 1-3% faster per decode step on ONNX
-        Runtime CPU). The op needs Q of the same rank as K/V, so Q is 4-D too.
+        Runtime CPU). The Attention op needs Q of the same rank as K/V, so Q is 4-D too.
         """
         b, s = x.shape[0], x.shape[1]
         h, hk, d = self.n_heads, self.n_kv, self.head_dim
@@ -238,6 +231,22 @@ class _Layer(nn.Module):
             cos_h, sin_h, rot_dim = rope
             q4 = torch.onnx.ops.rotary_embedding(q4, cos_h, sin_h, rotary_embedding_dim=rot_dim)
             k4 = torch.onnx.ops.rotary_embedding(k4, cos_h, sin_h, rotary_embedding_dim=rot_dim)
+        return q4, k4, v4
+
+    def _attention_op(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+        allowed: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        scale: float,
+        last_only: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attention as the ONNX op, every head in the [B, heads, S, D] layout the KV cache has."""
+        b = x.shape[0]
+        h, hk, d = self.n_heads, self.n_kv, self.head_dim
+        q4, k4, v4 = self.qkv_heads(x, rope)
         # KV concat stays outside the op: TensorRT's importer accepts only single-output Attention
         # nodes, so the op's own past/present I/O cannot be used.
         present_k = torch.cat((past_k, k4), dim=2)
@@ -255,12 +264,18 @@ class _Layer(nn.Module):
         past_k: torch.Tensor,
         past_v: torch.Tensor,
         last_only: bool = False,
+        write_indices: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attention output [B, Sq, H*D] and the presents; ``last_only``: queries of the last position only
-        (Sq = 1; keys and values, and so the presents, still cover every position)."""
+        (Sq = 1; keys and values, and so the presents, still cover every position). ``write_indices``: the
+        static-cache contract (``static_cache.attention``): past_k/past_v are the preallocated buffers."""
         b, s = x.shape[0], x.shape[1]
         h, hk, d = self.n_heads, self.n_kv, self.head_dim
         scale = 1.0 if self.traits.query_prescale else self.scale
+        if write_indices is not None:
+            from sleb_deploy.export import static_cache
+
+            return static_cache.attention(self, x, rope, allowed, past_k, past_v, write_indices, scale, last_only)
         if self.use_op and self.softcap == 0.0:
             return self._attention_op(x, rope, allowed, past_k, past_v, scale, last_only)
         q, k, v = self._qkv(x)
@@ -300,13 +315,14 @@ class _Layer(nn.Module):
         past_k: torch.Tensor,
         past_v: torch.Tensor,
         last_only: bool = False,
+        write_indices: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pre-LN (norm, sublayer, add), Gemma's sandwich (a norm after each sublayer too) or post-LN (add,
         then norm). ``last_only`` (the last block of a last-logits graph): every position feeds the presents,
         but only the last one goes on through attention's output, the MLP and the residual."""
         pre = self.pre_ln
         x = self.norm_attn(hidden) if pre and self.norm_attn is not None else hidden
-        a, pk, pv = self._attention(x, rope, allowed, past_k, past_v, last_only)
+        a, pk, pv = self._attention(x, rope, allowed, past_k, past_v, last_only, write_indices)
         a = self.o_proj(a)
         if last_only:
             hidden = hidden[:, -1:]
@@ -431,9 +447,30 @@ class ExportDecoder(nn.Module):
         keep = attention_mask.bool()[:, None, None, :] & causal[None, None, :, :]
         return keep | (diff == 0)[None, None, :, :]
 
+    def _mask(
+        self, attention_mask: torch.Tensor, s: int, window: int, write_indices: torch.Tensor | None
+    ) -> torch.Tensor:
+        if write_indices is None:
+            return self._allowed(attention_mask, s, window)
+        from sleb_deploy.export import static_cache
+
+        return static_cache.allowed(attention_mask, write_indices, s, window)
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
+        return self.run(input_ids, attention_mask, position_ids, past)
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: tuple[torch.Tensor, ...],
+        write_indices: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The forward; ``write_indices`` given: the static-cache contract (``static_cache.StaticExportDecoder``),
+        ``past`` are the preallocated buffers and ``attention_mask`` covers them."""
         s = input_ids.shape[1]
         hidden = self.embed(input_ids)  # Gemma2/3's embedding module applies its sqrt(hidden) scale itself
         dtype = hidden.dtype
@@ -441,8 +478,12 @@ class ExportDecoder(nn.Module):
             hidden = self.project_in(hidden)
         if self.pos_embed is not None:
             # Learned positions (OPT) count non-padding tokens from the mask, as HF does; the table is offset.
+            # (equal to position_ids at every non-padding position, which is all the static contract uses).
             t = attention_mask.shape[1]
-            pos = (torch.cumsum(attention_mask, dim=1) * attention_mask - 1)[:, t - s :]
+            if write_indices is None:
+                pos = (torch.cumsum(attention_mask, dim=1) * attention_mask - 1)[:, t - s :]
+            else:
+                pos = position_ids
             offset = int(getattr(self.pos_embed, "offset", 0))
             hidden = hidden + self.pos_embed.weight[pos + offset].to(dtype)
         masks: dict[int, torch.Tensor] = {}
@@ -455,12 +496,14 @@ class ExportDecoder(nn.Module):
         for i, layer_m in enumerate(self.layers):
             layer = cast(_Layer, layer_m)
             if layer.window not in masks:
-                masks[layer.window] = self._allowed(attention_mask, s, layer.window)
+                masks[layer.window] = self._mask(attention_mask, s, layer.window, write_indices)
             rope_i = None
             if ropes:
                 rope_i = ropes.get(layer.layer_type, ropes.get("full_attention"))
             last_only = self.last_logits_only and i == self.num_layers - 1
-            hidden, pk, pv = layer(hidden, rope_i, masks[layer.window], past[2 * i], past[2 * i + 1], last_only)
+            hidden, pk, pv = layer(
+                hidden, rope_i, masks[layer.window], past[2 * i], past[2 * i + 1], last_only, write_indices
+            )
             presents += [pk, pv]
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)

@@ -30,6 +30,8 @@ from sleb_deploy.export.decoder_module import VARIANTS, ExportDecoder, empty_pas
 
 DEFAULT_VARIANT = VARIANTS[0]
 OPSETS = {"opset23": 23, "opset18": 18}
+ALL_RUNTIMES = ("onnxruntime", "tensorrt")
+STATIC_RUNTIMES = ALL_RUNTIMES  # see engines/README.md: the static variant's TensorRT status
 
 __all__ = ["DEFAULT_VARIANT", "GraphSpec", "check_portable", "export_decoder_onnx", "io_signature"]
 
@@ -113,8 +115,13 @@ def export_decoder_onnx(
     variant: str = DEFAULT_VARIANT,
     last_logits_only: bool = False,
     external_data: bool | None = None,
+    kv_cache: str = contract.CONCAT,
+    max_cache_len: int | None = None,
 ) -> GraphSpec:
     """Write ``out_dir/model.onnx`` (+ ``model.onnx_data`` if large or asked) and return its spec.
+
+    ``kv_cache="static"``: the static-cache contract (``static_cache``), opset 24; ``max_cache_len`` fixes the
+    buffer length in the graph (TensorRT needs it), ``None`` leaves it symbolic (ONNX Runtime).
 
     ``model`` is cast to ``dtype`` for the export (a half-precision graph exported from a half-precision
     torch model; casting an fp32 ONNX afterwards breaks the rotary path) and cast back afterwards.
@@ -126,35 +133,33 @@ def export_decoder_onnx(
         raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(contract.GRAPH_DTYPES)})")
     if variant not in OPSETS:
         raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
+    static = _check_kv_cache(kv_cache, variant, max_cache_len)
     out_dir = Path(out_dir)
     tdtype = getattr(torch, contract.element_type(key=dtype).torch)
     orig_dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval().to(tdtype)
     try:
-        wrapper = ExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
+        wrapper = _wrapper(model, variant, last_logits_only, static)
         use_ext, nbytes = external_data_decision(wrapper, external_data)
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the family and the options are known to work
         cfg = model.config
-        ins, outs = contract.input_names(wrapper.num_layers), contract.output_names(wrapper.num_layers)
-        batch, seq, past_len = 2, 3, 5
-        example: list[torch.Tensor] = [
-            torch.ones(batch, seq, dtype=torch.long),
-            torch.ones(batch, past_len + seq, dtype=torch.long),
-            torch.arange(past_len, past_len + seq).repeat(batch, 1),
-            *empty_past(wrapper, batch, tdtype, past_len),
-        ]
-        axes = contract.dynamic_axes(wrapper.num_layers, last_logits_only)
-        dynamic_shapes = (
-            *(axes[n] for n in contract.TOKEN_INPUTS),
-            tuple(axes[n] for n in contract.past_names(wrapper.num_layers)),
-        )
+        ins = contract.input_names(wrapper.num_layers, kv_cache)
+        outs = contract.output_names(wrapper.num_layers)
+        axes = contract.dynamic_axes(wrapper.num_layers, last_logits_only, kv_cache, max_cache_len is not None)
+        if static:
+            from sleb_deploy.export.static_cache import example_inputs
+
+            example, dynamic_shapes = example_inputs(wrapper, tdtype, axes, max_cache_len)
+        else:
+            example, dynamic_shapes = _example_inputs(wrapper, tdtype, axes)
+        opset = contract.STATIC_OPSET if static else OPSETS[variant]
         with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 wrapper,
                 tuple(example),
                 dynamo=True,
-                opset_version=OPSETS[variant],
+                opset_version=opset,
                 input_names=ins,
                 output_names=outs,
                 dynamic_shapes=dynamic_shapes,
@@ -189,18 +194,63 @@ def export_decoder_onnx(
             head_dim=wrapper.head_dim,
             vocab_size=int(cfg.vocab_size),
             dtype=dtype,
-            opset=OPSETS[variant],
+            opset=opset,
             variant=variant,
             last_logits_only=last_logits_only,
             model_type=str(cfg.model_type),
             external_data=bool(use_ext),
             initializer_bytes=nbytes,
+            kv_cache=kv_cache,
+            max_cache_len=max_cache_len,
+            runtimes=list(STATIC_RUNTIMES if static else ALL_RUNTIMES),
             input_names=ins,
             output_names=outs,
         )
     finally:
         model.to(orig_dtype)
         model.train(was_training)
+
+
+def _check_kv_cache(kv_cache: str, variant: str, max_cache_len: int | None) -> bool:
+    """Whether the static contract is asked for; refuses combinations that cannot be built."""
+    if kv_cache not in contract.KV_CACHE_CONTRACTS:
+        choices = ", ".join(contract.KV_CACHE_CONTRACTS)
+        raise UserInputError(f"unknown KV cache contract {kv_cache!r} (choose from {choices})")
+    if kv_cache == contract.CONCAT:
+        if max_cache_len is not None:
+            raise UserInputError("--max-cache-len applies to --kv-cache static only")
+        return False
+    if variant != "opset23":
+        raise UserInputError("--kv-cache static needs --variant opset23 (it is built on the ONNX Attention op)")
+    if max_cache_len is not None and max_cache_len < 2:
+        raise UserInputError(f"--max-cache-len must be at least 2, not {max_cache_len}")
+    return True
+
+
+def _wrapper(model: Any, variant: str, last_logits_only: bool, static: bool) -> ExportDecoder:
+    if static:
+        from sleb_deploy.export.static_cache import StaticExportDecoder
+
+        return StaticExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
+    return ExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
+
+
+def _example_inputs(
+    wrapper: ExportDecoder, tdtype: torch.dtype, axes: dict[str, dict[int, str]]
+) -> tuple[list[torch.Tensor], tuple[Any, ...]]:
+    """Example inputs and dynamic shapes of the concatenating contract."""
+    batch, seq, past_len = 2, 3, 5
+    example: list[torch.Tensor] = [
+        torch.ones(batch, seq, dtype=torch.long),
+        torch.ones(batch, past_len + seq, dtype=torch.long),
+        torch.arange(past_len, past_len + seq).repeat(batch, 1),
+        *empty_past(wrapper, batch, tdtype, past_len),
+    ]
+    dynamic_shapes = (
+        *(axes[n] for n in contract.TOKEN_INPUTS),
+        tuple(axes[n] for n in contract.past_names(wrapper.num_layers)),
+    )
+    return example, dynamic_shapes
 
 
 def io_signature(onnx_path: Path) -> dict[str, Any]:

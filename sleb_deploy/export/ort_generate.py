@@ -5,6 +5,12 @@ no transformers at run time) and it is the reference host loop for the graph con
 Triton host must do): left-padded prompts, position ids = cumsum(mask) - 1 clipped at 0, presents fed
 back as pasts. IO binding keeps the presents as ORT-owned ``OrtValue``s between steps, so the growing
 KV cache is not copied into numpy and back every token.
+
+It drives both KV-cache contracts (``contract.KV_CACHE_CONTRACTS``), read from the graph's inputs. The
+static one (``static_cache``): one ``OrtValue`` per buffer, bound as input *and* output so ``TensorScatter``
+updates it in place (unbound, ONNX Runtime copies the buffer every step); ``attention_mask`` covers the buffer;
+each row writes its next token right after its last prompt token, so right-padded prompts work too (their
+padding slots are overwritten), and the logits are read at each row's last token.
 """
 
 from __future__ import annotations
@@ -16,10 +22,21 @@ import numpy as np
 
 from sleb_deploy import contract
 from sleb_deploy._optional import require
+from sleb_deploy.errors import UserInputError
+
+
+class StaticCache:
+    """The K/V buffers of a static-cache graph: one zeroed ``OrtValue`` [B, Hkv, length, D] per past input."""
+
+    def __init__(self, gen: OrtGenerator, batch: int, length: int) -> None:
+        ort = require("onnxruntime", "onnx")
+        shape = (batch, gen.num_kv_heads, length, gen.head_dim)
+        self.batch, self.length = batch, length
+        self.values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=gen.kv_dtype)) for _ in gen.past_names]
 
 
 class OrtGenerator:
-    """Greedy generator over ``model.onnx`` with Optimum-style KV-cache I/O."""
+    """Greedy generator over ``model.onnx`` with Optimum-style KV-cache I/O (either contract)."""
 
     def __init__(self, onnx_path: Path, session_options: Any = None, providers: list[Any] | None = None) -> None:
         ort = require("onnxruntime", "onnx")
@@ -37,6 +54,55 @@ class OrtGenerator:
         self.kv_dtype = np.dtype(np_dtype)
         self.num_kv_heads = int(first.shape[1])
         self.head_dim = int(first.shape[3])
+        names = {i.name for i in self.session.get_inputs()}
+        self.kv_cache = contract.STATIC if contract.WRITE_INDICES in names else contract.CONCAT
+        # Static contract: the buffer length when the graph fixes it (a TensorRT-ready export), else None.
+        self.max_cache_len = first.shape[2] if isinstance(first.shape[2], int) else None
+        logits = next(o for o in self.session.get_outputs() if o.name == contract.LOGITS)
+        self.last_logits_only = logits.shape[1] == 1  # a --last-logits-only export
+
+    def cache(self, batch: int, length: int) -> StaticCache:
+        """Zeroed buffers for ``run_static`` (static-cache graphs)."""
+        if self.kv_cache != contract.STATIC:
+            raise UserInputError("this graph speaks the concatenating KV contract: it takes no cache buffers")
+        if self.max_cache_len is not None and length != self.max_cache_len:
+            raise UserInputError(f"this graph's cache buffers have {self.max_cache_len} slots, not {length}")
+        return StaticCache(self, batch, length)
+
+    def run_static(
+        self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, write_indices: np.ndarray, cache: StaticCache
+    ) -> np.ndarray:
+        """One forward of a static-cache graph, writing this step's K/V into ``cache`` in place; logits [B, S, V].
+
+        Checked before running (ONNX Runtime would fail deep inside ``TensorScatter``, or not at all): every
+        row's ``write_indices + sequence_length`` inside the buffer, the mask as long as the buffer.
+        """
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        batch, s = ids.shape
+        w = np.ascontiguousarray(write_indices, dtype=np.int64)
+        if w.shape != (batch,) or cache.batch != batch:
+            raise UserInputError(f"write_indices {w.shape} and cache batch {cache.batch} must match batch {batch}")
+        if (w < 0).any() or (w + s > cache.length).any():
+            row = int(np.argmax((w < 0) | (w + s > cache.length)))
+            raise UserInputError(
+                f"row {row} writes {s} token(s) at slot {int(w[row])}, outside the {cache.length}-slot KV cache buffer"
+            )
+        if mask.shape != (batch, cache.length):
+            raise UserInputError(
+                f"attention_mask must cover the cache buffer: shape {(batch, cache.length)}, not {mask.shape}"
+            )
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(contract.INPUT_IDS, ids)
+        binding.bind_cpu_input(contract.ATTENTION_MASK, np.ascontiguousarray(mask, dtype=np.int64))
+        binding.bind_cpu_input(contract.POSITION_IDS, np.ascontiguousarray(pos, dtype=np.int64))
+        binding.bind_cpu_input(contract.WRITE_INDICES, w)
+        binding.bind_output(contract.LOGITS, "cpu")  # first: get_outputs() lists outputs in binding order
+        for past, present, value in zip(self.past_names, self.output_names[1:], cache.values, strict=True):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        self.session.run_with_iobinding(binding)
+        logits: np.ndarray = binding.get_outputs()[0].numpy()
+        return logits
 
     def _step(
         self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[Any]
@@ -65,12 +131,19 @@ class OrtGenerator:
         max_new_tokens: int,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
+        max_cache_len: int | None = None,
     ) -> np.ndarray:
-        """Prompt + greedy continuation, [B, prompt_len + n]; finished rows are filled with pad (or eos)."""
+        """Prompt + greedy continuation, [B, prompt_len + n]; finished rows are filled with pad (or eos).
+
+        ``max_cache_len`` (static-cache graphs): the buffer length; default the graph's fixed length, else
+        ``prompt_len + max_new_tokens``. Concatenating graphs expect left padding.
+        """
         ids = np.asarray(input_ids, dtype=np.int64)
         mask = np.asarray(attention_mask, dtype=np.int64)
         batch = ids.shape[0]
         fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+        if self.kv_cache == contract.STATIC:
+            return self._generate_static(ids, mask, max_new_tokens, eos_token_id, fill, max_cache_len)
         past: list[Any] = [
             np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for _ in self.past_names
         ]
@@ -90,4 +163,56 @@ class OrtGenerator:
             cur = nxt[:, None]
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
             pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
+        return np.concatenate(out, axis=1)
+
+    def _generate_static(
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        max_new_tokens: int,
+        eos_token_id: int | None,
+        fill: int,
+        max_cache_len: int | None,
+    ) -> np.ndarray:
+        batch, prompt = ids.shape
+        if mask.shape != ids.shape:
+            raise UserInputError(f"attention_mask {mask.shape} must have the shape of input_ids {ids.shape}")
+        if not mask.any(axis=1).all():
+            raise UserInputError("every prompt needs at least one token (a row of attention_mask is all zeros)")
+        length = max_cache_len or self.max_cache_len or prompt + max_new_tokens
+        needed = prompt + max(max_new_tokens - 1, 0)  # the last new token is returned, never written
+        if length < needed:
+            raise UserInputError(
+                f"the KV cache buffer has {length} slots, fewer than the {needed} this call writes "
+                f"(prompt {prompt} + {max_new_tokens} new tokens - 1): raise max_cache_len or shorten the request"
+            )
+        cache = self.cache(batch, length)
+        buf_mask = np.zeros((batch, length), dtype=np.int64)
+        buf_mask[:, :prompt] = mask
+        write = np.zeros(batch, dtype=np.int64)
+        # Each row continues right after its last prompt token (left padding: the prompt's end for every row).
+        last = prompt - 1 - np.argmax(mask[:, ::-1], axis=1)
+        if self.last_logits_only and (last != prompt - 1).any():
+            raise UserInputError("a --last-logits-only graph gives the last position's logits only: pad prompts left")
+        cur, pos = ids, contract.position_ids(mask, prompt)
+        next_pos = mask.sum(axis=1)
+        out = [ids]
+        done = np.zeros(batch, dtype=bool)
+        rows = np.arange(batch)
+        for step in range(max_new_tokens):
+            logits = self.run_static(cur, buf_mask, pos, write, cache)
+            at = last - write if step == 0 and not self.last_logits_only else 0
+            nxt = logits[rows, at].argmax(axis=-1).astype(np.int64)
+            nxt = np.where(done, fill, nxt)
+            out.append(nxt[:, None])
+            if eos_token_id is not None:
+                done |= nxt == eos_token_id
+                if done.all():
+                    break
+            if step == max_new_tokens - 1:
+                break
+            write = last + 1 if step == 0 else write + 1
+            buf_mask[rows, write] = 1
+            cur, pos = nxt[:, None], next_pos[:, None]
+            next_pos = next_pos + 1
         return np.concatenate(out, axis=1)

@@ -114,7 +114,11 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
             variant=cfg.variant,
             last_logits_only=cfg.last_logits_only,
             external_data=cfg.external_data,
+            kv_cache=cfg.kv_cache,
+            max_cache_len=cfg.max_cache_len,
         )
+        if cfg.kv_cache == "static":
+            from sleb_deploy.export.validate_static import validate_static_against_torch as validate_against_torch
         validation = _validate(model, tmp / "model.onnx", cfg, validate_against_torch)
         write_json(tmp / "config.json", _host_config(model, cfg.dtype))
         model.generation_config.save_pretrained(tmp)

@@ -1,0 +1,136 @@
+"""The static KV-cache graph (``kv_cache="static"``): preallocated K/V buffers updated in place.
+
+Why: the concatenating contract (``present = concat(past, new)``) reads and writes the whole cache once more
+every decode step besides the attention that must read it; at 2K tokens of context that copy is most of a
+decode step on ONNX Runtime CPU (DESIGN.md section 8). Here each layer's K and V are buffers
+``[batch, kv_heads, max_cache_len, head_dim]``: ONNX opset 24 ``TensorScatter`` writes this step's rows at
+``write_indices`` (per row), and the opset-24 ``Attention`` reads the whole buffer with ``nonpad_kv_seqlen``
+(``write_indices + sequence_length``) and a boolean mask built from ``attention_mask`` (which covers the
+buffer) and the write positions: causal, padding (left or right) and sliding window. A host binds the same
+buffer as input and output (ONNX Runtime then updates it in place). One graph serves prefill and decode.
+
+Both ops are emitted with ``torch.onnx.ops.symbolic`` (torch 2.13's ``torch.onnx.ops.attention`` is the
+opset-23 signature, without ``nonpad_kv_seqlen``); they are in the standard ONNX domain, so the graph stays
+portable (``onnx_graph.check_portable``). The rest of the forward is ``decoder_module.ExportDecoder``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sleb_deploy.contract import STATIC_OPSET, TOKEN_INPUTS, WRITE_INDICES, past_names
+from sleb_deploy.export.decoder_module import ExportDecoder
+
+if TYPE_CHECKING:
+    from sleb_deploy.export.decoder_module import _Layer
+
+
+def allowed(attention_mask: torch.Tensor, write_indices: torch.Tensor, s: int, window: int) -> torch.Tensor:
+    """Bool [B, 1, S, T] over the whole buffer (T = ``attention_mask``'s length): key slot k is visible to the
+    query written at slot ``write_indices[b] + j`` when it holds a token, is not after it and (sliding layers)
+    is inside the window. A query always sees itself, so no row is fully masked."""
+    t = attention_mask.shape[1]
+    q_idx = write_indices[:, None] + torch.arange(s, device=attention_mask.device)[None, :]  # [B, S]
+    k_idx = torch.arange(t, device=attention_mask.device)
+    diff = q_idx[:, :, None] - k_idx[None, None, :]  # [B, S, T]
+    causal = diff >= 0
+    if window:
+        causal = causal & (diff < window)
+    keep = (attention_mask.bool()[:, None, :] & causal) | (diff == 0)
+    return keep[:, None]
+
+
+def _scatter(cache: torch.Tensor, update: torch.Tensor, write_indices: torch.Tensor) -> torch.Tensor:
+    """ONNX ``TensorScatter`` (mode linear, axis -2): ``update``'s rows written into ``cache`` at each row's index."""
+    return torch.onnx.ops.symbolic(
+        "TensorScatter", (cache, update, write_indices), {}, dtype=cache.dtype, shape=cache.shape, version=STATIC_OPSET
+    )
+
+
+def attention(
+    layer: _Layer,
+    x: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+    mask: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    write_indices: torch.Tensor,
+    scale: float,
+    last_only: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's attention over its buffers: (output [B, Sq, H*D], updated key buffer, updated value buffer)."""
+    b, s = x.shape[0], x.shape[1]
+    h, hk, d = layer.n_heads, layer.n_kv, layer.head_dim
+    q4, k4, v4 = layer.qkv_heads(x, rope)
+    new_k = _scatter(cache_k, k4, write_indices)
+    new_v = _scatter(cache_v, v4, write_indices)
+    nonpad = write_indices + s
+    if last_only:
+        q4, mask = q4[:, :, -1:], mask[:, :, -1:]
+    attrs: dict[str, int | float | str | bool | Sequence[int] | Sequence[float] | Sequence[str] | Sequence[bool]] = {
+        "q_num_heads": h,
+        "kv_num_heads": hk,
+        "scale": scale,
+    }
+    if layer.softcap:
+        attrs["softcap"] = layer.softcap
+    y = torch.onnx.ops.symbolic(
+        "Attention",
+        (q4, new_k, new_v, mask, None, None, nonpad),
+        attrs,
+        dtype=q4.dtype,
+        shape=q4.shape,
+        version=STATIC_OPSET,
+    )
+    return y.transpose(1, 2).reshape(b, q4.shape[2], h * d), new_k, new_v
+
+
+class StaticExportDecoder(ExportDecoder):
+    """Flat signature of the static contract: (input_ids, attention_mask, position_ids, write_indices, *buffers)
+    -> (logits, *updated buffers). Needs the op-based variant (``opset23``; exported at opset 24)."""
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        write_indices: torch.Tensor,
+        *cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        return self.run(input_ids, attention_mask, position_ids, cache, write_indices)
+
+
+def example_inputs(
+    wrapper: ExportDecoder, tdtype: torch.dtype, axes: dict[str, dict[int, str]], max_cache_len: int | None
+) -> tuple[list[torch.Tensor], tuple[Any, ...]]:
+    """Example inputs (a decode-like step of 3 tokens written at slot 5 of an 11-slot buffer, or of
+    ``max_cache_len`` slots) and the dynamic shapes of the static contract, in the graph's input order."""
+    batch, seq, write = 2, 3, 5
+    t = max_cache_len if max_cache_len is not None else 11
+    write = min(write, t - seq)
+    mask = torch.zeros(batch, t, dtype=torch.long)
+    mask[:, : write + seq] = 1
+    example: list[torch.Tensor] = [
+        torch.ones(batch, seq, dtype=torch.long),
+        mask,
+        torch.arange(write, write + seq).repeat(batch, 1),
+        torch.full((batch,), write, dtype=torch.long),
+        *empty_cache(wrapper, batch, tdtype, t),
+    ]
+    dynamic_shapes = (
+        *(axes[n] for n in (*TOKEN_INPUTS, WRITE_INDICES)),
+        tuple(axes[n] for n in past_names(wrapper.num_layers)),
+    )
+    return example, dynamic_shapes
+
+
+def empty_cache(model: ExportDecoder, batch: int, dtype: torch.dtype, max_cache_len: int) -> list[torch.Tensor]:
+    """Zero buffers [B, Hkv, max_cache_len, D] for every layer (key, value interleaved)."""
+    shape = (batch, model.n_kv, max_cache_len, model.head_dim)
+    return [torch.zeros(shape, dtype=dtype) for _ in range(2 * model.num_layers)]
+
+
+__all__ = ["StaticExportDecoder", "allowed", "attention", "empty_cache", "example_inputs"]

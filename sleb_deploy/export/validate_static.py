@@ -1,0 +1,112 @@
+"""Numerical check of a static-cache graph against the Hugging Face model, as ``validate.validate_against_torch``
+does for the concatenating one: prefill with left padding at batch > 1, then chained decode steps, each step's
+logits and K/V compared with the HF model driven by its own cache over non-padding positions.
+
+The buffer is longer than the whole sequence (``extra_slots``), so the check also covers what the
+concatenating check cannot: the rows are written at the right slots, attention ignores the slots not yet
+written, and those slots stay untouched (``present_shapes_ok`` also requires them to be zero).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sleb_deploy import contract
+from sleb_deploy._optional import require
+from sleb_deploy.export.validate import _cache_kv, _kv_diff, _to_np, make_inputs
+from sleb_deploy.models.adapters import get_adapter
+
+
+def validate_static_against_torch(
+    model: Any,
+    onnx_path: Path,
+    *,
+    batch: int = 2,
+    prompt_len: int = 7,
+    decode_steps: int = 2,
+    left_pad: bool = True,
+    extra_slots: int = 5,
+) -> dict[str, Any]:
+    """The same report as ``validate_against_torch`` (``present_len`` = slots written so far) plus
+    ``cache_len``; the buffer has ``prompt_len + decode_steps + extra_slots`` slots unless the graph fixes it."""
+    ort = require("onnxruntime", "onnx")
+    cfg = model.config
+    learned_positions = get_adapter(str(cfg.model_type)).traits.pos_embed_path is not None
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # unaliased buffers: TensorScatter warns, every step, that it copies (harmless here)
+    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in sess.get_outputs()]
+    past_inputs = [i for i in sess.get_inputs() if contract.PAST_NAME.match(i.name)]
+    num_layers = len(past_inputs) // 2
+    first = past_inputs[0]
+    np_dtype = contract.element_type(ort=first.type).numpy
+    if np_dtype is None:
+        raise ValueError(f"validation supports fp32/fp16 graphs with numpy I/O, not {first.type}")
+    n_kv, head_dim = int(first.shape[1]), int(first.shape[3])
+    needed = prompt_len + decode_steps
+    length = first.shape[2] if isinstance(first.shape[2], int) else needed + extra_slots
+    if length < needed:
+        raise ValueError(f"the graph's {length}-slot buffer is shorter than the {needed} tokens checked")
+
+    ids, mask = make_inputs(batch, prompt_len, int(cfg.vocab_size), left_pad=left_pad)
+    cache_np = {n: np.zeros((batch, n_kv, length, head_dim), dtype=np_dtype) for n in contract.past_names(num_layers)}
+    buf_mask = np.zeros((batch, length), dtype=np.int64)
+    cache: Any = None
+    cur_ids, write = ids, 0
+    steps: list[dict[str, Any]] = []
+    shapes_ok = True
+    gen = torch.Generator().manual_seed(1)
+    for step in range(decode_steps + 1):
+        m_np = mask.numpy()
+        s = cur_ids.shape[1]
+        pos = contract.position_ids(m_np, s)
+        buf_mask[:, : m_np.shape[1]] = m_np
+        feeds: dict[str, np.ndarray] = {
+            contract.INPUT_IDS: cur_ids.numpy().astype(np.int64),
+            contract.ATTENTION_MASK: buf_mask,
+            contract.POSITION_IDS: pos,
+            contract.WRITE_INDICES: np.full(batch, write, dtype=np.int64),
+            **cache_np,
+        }
+        outs = dict(zip(out_names, sess.run(None, feeds), strict=True))
+        with torch.no_grad():
+            ref = model(
+                input_ids=cur_ids,
+                attention_mask=mask,
+                position_ids=None if learned_positions else torch.from_numpy(pos),
+                cache=cache,
+                use_cache=True,
+            )
+        cache = ref.cache
+        ref_logits = _to_np(ref.logits)
+        got_logits = outs[contract.LOGITS]
+        if got_logits.shape[1] == 1 and ref_logits.shape[1] != 1:
+            ref_logits, q_valid = ref_logits[:, -1:], m_np[:, -1:]
+        else:
+            q_valid = m_np[:, -s:]
+        valid = q_valid.astype(bool)[:, :, None]
+        d_logits = float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
+        write += s
+        d_kv = 0.0
+        for i, (past_name, present_name) in enumerate(
+            zip(contract.past_names(num_layers), contract.present_names(num_layers), strict=True)
+        ):
+            got = outs[present_name]
+            shapes_ok &= got.shape == (batch, n_kv, length, head_dim) and not got[:, :, write:].any()
+            rk, rv = _cache_kv(cache, i // 2)
+            d_kv = max(d_kv, _kv_diff(rv if i % 2 else rk, got[:, :, :write], m_np))
+            cache_np[past_name] = got
+        steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": write})
+        cur_ids = torch.randint(1, int(cfg.vocab_size), (batch, 1), generator=gen)
+        mask = torch.cat((mask, torch.ones(batch, 1, dtype=torch.long)), dim=1)
+    return {
+        "steps": steps,
+        "max_logits": max(st["logits"] for st in steps),
+        "max_kv": max(st["kv"] for st in steps),
+        "present_shapes_ok": bool(shapes_ok),
+        "cache_len": int(length),
+    }

@@ -120,14 +120,8 @@ def export_decoder_onnx(
     torch model; casting an fp32 ONNX afterwards breaks the rotary path) and cast back afterwards.
     """
     onnx = require("onnx", "onnx")
-    require("onnxscript", "onnx")  # the dynamo exporter's backend
-
-    if dtype not in contract.GRAPH_DTYPES:
-        raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(contract.GRAPH_DTYPES)})")
-    if variant not in OPSETS:
-        raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
+    tdtype = graph_torch_dtype(dtype, variant)
     out_dir = Path(out_dir)
-    tdtype = getattr(torch, contract.element_type(key=dtype).torch)
     orig_dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval().to(tdtype)
@@ -135,39 +129,9 @@ def export_decoder_onnx(
         wrapper = ExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
         use_ext, nbytes = external_data_decision(wrapper, external_data)
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the family and the options are known to work
-        cfg = model.config
-        ins, outs = contract.input_names(wrapper.num_layers), contract.output_names(wrapper.num_layers)
-        batch, seq, past_len = 2, 3, 5
-        example: list[torch.Tensor] = [
-            torch.ones(batch, seq, dtype=torch.long),
-            torch.ones(batch, past_len + seq, dtype=torch.long),
-            torch.arange(past_len, past_len + seq).repeat(batch, 1),
-            *empty_past(wrapper, batch, tdtype, past_len),
-        ]
-        axes = contract.dynamic_axes(wrapper.num_layers, last_logits_only)
-        dynamic_shapes = (
-            *(axes[n] for n in contract.TOKEN_INPUTS),
-            tuple(axes[n] for n in contract.past_names(wrapper.num_layers)),
-        )
-        with torch.no_grad(), _quiet_exporter():
-            program = torch.onnx.export(
-                wrapper,
-                tuple(example),
-                dynamo=True,
-                opset_version=OPSETS[variant],
-                input_names=ins,
-                output_names=outs,
-                dynamic_shapes=dynamic_shapes,
-                optimize=True,
-                verbose=False,
-            )
-        assert program is not None
+        program, axes = trace_decoder(wrapper, tdtype)
         proto = program.model_proto
-        _rename_dims(proto, axes)
-        _trim_unused_outputs(proto)
-        problems = check_portable(proto)
-        if problems:
-            raise RuntimeError(f"exported graph is not portable: {problems[0]} (+{len(problems) - 1} more)")
+        finish_proto(proto, axes)
         onnx_path = out_dir / "model.onnx"
         data_path = out_dir / "model.onnx_data"
         if data_path.exists():
@@ -183,24 +147,82 @@ def export_decoder_onnx(
             )
         else:
             onnx.save_model(proto, str(onnx_path))
-        return GraphSpec(
-            num_layers=wrapper.num_layers,
-            num_kv_heads=wrapper.n_kv,
-            head_dim=wrapper.head_dim,
-            vocab_size=int(cfg.vocab_size),
-            dtype=dtype,
-            opset=OPSETS[variant],
-            variant=variant,
-            last_logits_only=last_logits_only,
-            model_type=str(cfg.model_type),
-            external_data=bool(use_ext),
-            initializer_bytes=nbytes,
-            input_names=ins,
-            output_names=outs,
-        )
+        return graph_spec(wrapper, dtype, use_ext, nbytes)
     finally:
         model.to(orig_dtype)
         model.train(was_training)
+
+
+def graph_torch_dtype(dtype: str, variant: str) -> torch.dtype:
+    """The torch dtype of a graph precision; refuses an unknown dtype or variant (and a missing extra)."""
+    require("onnx", "onnx")
+    require("onnxscript", "onnx")  # the dynamo exporter's backend
+    if dtype not in contract.GRAPH_DTYPES:
+        raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(contract.GRAPH_DTYPES)})")
+    if variant not in OPSETS:
+        raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
+    tdtype: torch.dtype = getattr(torch, contract.element_type(key=dtype).torch)
+    return tdtype
+
+
+def trace_decoder(wrapper: ExportDecoder, tdtype: torch.dtype) -> tuple[Any, dict[str, dict[int, str]]]:
+    """``(ONNXProgram, axes)``: the dynamo export of ``wrapper`` (optimized; its initializers still reference
+    the wrapper's tensors, nothing is serialized yet)."""
+    ins, outs = contract.input_names(wrapper.num_layers), contract.output_names(wrapper.num_layers)
+    batch, seq, past_len = 2, 3, 5
+    example: list[torch.Tensor] = [
+        torch.ones(batch, seq, dtype=torch.long),
+        torch.ones(batch, past_len + seq, dtype=torch.long),
+        torch.arange(past_len, past_len + seq).repeat(batch, 1),
+        *empty_past(wrapper, batch, tdtype, past_len),
+    ]
+    axes = contract.dynamic_axes(wrapper.num_layers, wrapper.last_logits_only)
+    dynamic_shapes = (
+        *(axes[n] for n in contract.TOKEN_INPUTS),
+        tuple(axes[n] for n in contract.past_names(wrapper.num_layers)),
+    )
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            wrapper,
+            tuple(example),
+            dynamo=True,
+            opset_version=OPSETS[wrapper.variant],
+            input_names=ins,
+            output_names=outs,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    assert program is not None
+    return program, axes
+
+
+def finish_proto(proto: Any, axes: dict[str, dict[int, str]]) -> None:
+    """Optimum's dim names, single-output Attention nodes, and the portability check (raises if not portable)."""
+    _rename_dims(proto, axes)
+    _trim_unused_outputs(proto)
+    problems = check_portable(proto)
+    if problems:
+        raise RuntimeError(f"exported graph is not portable: {problems[0]} (+{len(problems) - 1} more)")
+
+
+def graph_spec(wrapper: ExportDecoder, dtype: str, external_data: bool, nbytes: int) -> GraphSpec:
+    cfg = wrapper.cfg
+    return GraphSpec(
+        num_layers=wrapper.num_layers,
+        num_kv_heads=wrapper.n_kv,
+        head_dim=wrapper.head_dim,
+        vocab_size=int(cfg.vocab_size),
+        dtype=dtype,
+        opset=OPSETS[wrapper.variant],
+        variant=wrapper.variant,
+        last_logits_only=wrapper.last_logits_only,
+        model_type=str(cfg.model_type),
+        external_data=bool(external_data),
+        initializer_bytes=nbytes,
+        input_names=contract.input_names(wrapper.num_layers),
+        output_names=contract.output_names(wrapper.num_layers),
+    )
 
 
 def io_signature(onnx_path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,7 @@ def _legacy_tokenizer_config(directory: Path) -> None:
 def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportManifest:
     """Export, validate and lay out one checkpoint (dense or pruned) as an ONNX directory."""
     from sleb_deploy.export.onnx_graph import export_decoder_onnx
+    from sleb_deploy.export.streamed import export_streamed, offloaded_reference, streamable
     from sleb_deploy.export.validate import validate_against_torch
 
     if cfg.dtype not in GRAPH_DTYPES:
@@ -105,17 +107,24 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
     check_writable_target(out, cfg.force)
     source = resolve_model(model_spec)
     tokenizer = load_tokenizer(source)
-    model = load_model(source, dtype="fp32")
+    stream = source.kind != "hub" and streamable(Path(source.location))
+    # Streamed (export/streamed.py): weights written tensor by tensor from the safetensors, the reference
+    # offloaded to them; at most one copy of the graph's weights in memory (ONNX Runtime's, while validating).
+    model = offloaded_reference(Path(source.location)) if stream else load_model(source, dtype="fp32")
     with staged_dir(out, cfg.force) as tmp:
-        spec = export_decoder_onnx(
-            model,
+        export = partial(export_streamed, Path(source.location)) if stream else partial(export_decoder_onnx, model)
+        spec = export(
             tmp,
             dtype=cfg.dtype,
             variant=cfg.variant,
             last_logits_only=cfg.last_logits_only,
             external_data=cfg.external_data,
         )
-        validation = _validate(model, tmp / "model.onnx", cfg, validate_against_torch)
+        if stream:
+            validation = _validate(model, tmp / "model.onnx", cfg, partial(validate_against_torch, lean=True))
+        else:
+            validation = _validate(model, tmp / "model.onnx", cfg, validate_against_torch)
+        validation["reference"] = "offloaded" if stream else "in_memory"
         write_json(tmp / "config.json", _host_config(model, cfg.dtype))
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

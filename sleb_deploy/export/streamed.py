@@ -35,6 +35,7 @@ home-made sharding here.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -78,7 +79,7 @@ class Checkpoint:
 
             single = self.directory / SINGLE
             with safe_open(str(single), framework="pt") as f:
-                self.files = {k: single for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+                self.files = {k: single for k in f.keys()}
 
     def get(self, key: str) -> torch.Tensor:
         from safetensors import safe_open
@@ -173,7 +174,8 @@ class _Materializer:
         for module in wrapper.modules():
             self.recipes.update({id(module._buffers[n]): r for n, r in getattr(module, "derived", {}).items()})
         for module in wrapper.modules():
-            for store in (module._parameters, module._buffers):
+            stores: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+            for store in stores:
                 for name, t in list(store.items()):
                     if t is not None and t.is_meta:
                         store[name] = self.replacement(t)
@@ -281,7 +283,7 @@ def export_streamed(
     return spec
 
 
-def offloaded_reference(checkpoint: Path) -> nn.Module:
+def offloaded_reference(checkpoint: Path) -> Any:
     """The fp32 HF model whose weights stay in the checkpoint's safetensors: accelerate's disk offload reads
     each module's weights (cast to fp32) just before it runs and drops them after (the validation reference)."""
     from accelerate import dispatch_model
@@ -301,4 +303,10 @@ def offloaded_reference(checkpoint: Path) -> nn.Module:
         cast(Any, model).generation_config = GenerationConfig.from_pretrained(checkpoint)
     except OSError:
         pass
-    return cast(nn.Module, dispatch_model(model, device_map={"": "disk"}, offload_index=index, offload_dir=None))
+    log = logging.getLogger("accelerate.big_modeling")
+    level = log.level
+    log.setLevel(logging.ERROR)  # "Some parameters are on the meta device because they were offloaded": meant
+    try:
+        return dispatch_model(model, device_map={"": "disk"}, offload_index=index, offload_dir=None)
+    finally:
+        log.setLevel(level)

@@ -27,13 +27,16 @@ def graph_of(onnx_path: Path) -> dict[str, Any]:
     from onnx import numpy_helper
 
     m = onnx.load(str(onnx_path))
+    header = onnx.load(str(onnx_path), load_external_data=False)
     return {
         "nodes": [n.SerializeToString() for n in m.graph.node],
-        "inits": {t.name: (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()) for t in m.graph.initializer},
+        "inits": {
+            t.name: (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()) for t in m.graph.initializer
+        },
         "io": [vi.SerializeToString() for vi in [*m.graph.input, *m.graph.output]],
         "opset": [(o.domain, o.version) for o in m.opset_import],
-        "external": any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(onnx_path), load_external_data=False).graph.initializer),
-    }  # fmt: skip
+        "external": any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer),
+    }
 
 
 CASES = [

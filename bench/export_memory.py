@@ -50,6 +50,7 @@ MODELS: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 SHARD_BYTES = 2 << 30
+NOTES = "<!-- notes: kept when the table is regenerated -->"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -176,7 +177,8 @@ def run_tool(tool: str, name: str, ckpt: Path, out: Path, args: argparse.Namespa
         env["PYTHONPATH"] = str(REPO if tool == "ours" else args.baseline)
         cmd = [args.sleb_deploy, "onnx", "--model", str(ckpt), "--out", str(out), "--dtype", dtype, "--force"]
         watch = out
-    shutil.rmtree(out, ignore_errors=True)
+    for stale in [out, *out.parent.glob(f".{out.name}.*")]:  # a killed run leaves its staging directory
+        shutil.rmtree(stale, ignore_errors=True)
     result = measure(cmd, env, watch)
     result["output_bytes"] = dir_bytes(out)
     if (out / "export.json").is_file():
@@ -261,7 +263,9 @@ def write(results: dict[str, Any], out: Path) -> None:
             f"| {ratio} | {exp} | {val_s} | {r['loadavg_before'][0]} / {r['loadavg_after'][0]} |"
         )
     lines += ["", "Graph weight bytes: " + ", ".join(f"{m} {b / 1e9:.2f} GB" for m, b in graph.items()), ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    md = out.with_suffix(".md")
+    notes = md.read_text().partition(NOTES)[2] if md.is_file() else ""  # hand-written reading, kept on rewrite
+    md.write_text("\n".join(lines) + "\n" + NOTES + notes)
 
 
 if __name__ == "__main__":

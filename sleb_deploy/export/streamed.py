@@ -147,8 +147,10 @@ class _Materializer:
         self.recipes: dict[int, Derivation] = {}
 
     def load(self, meta: torch.Tensor) -> torch.Tensor:
-        # The in-memory path loads the checkpoint as fp32, then casts the model to the graph dtype.
-        return self.ckpt.get(self.keys[id(meta)]).to(torch.float32).to(self.tdtype)
+        # The in-memory path loads the checkpoint as fp32, then casts the model to the graph dtype (a round trip
+        # through fp32 is exact, so a tensor already in the graph dtype is used as it is).
+        tensor = self.ckpt.get(self.keys[id(meta)])
+        return tensor if tensor.dtype == self.tdtype else tensor.to(torch.float32).to(self.tdtype)
 
     def thunk(self, meta: torch.Tensor) -> Callable[[], torch.Tensor]:
         recipe = self.recipes.get(id(meta))

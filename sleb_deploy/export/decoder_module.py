@@ -28,6 +28,7 @@ padding positions are therefore unspecified, as in HF.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -38,6 +39,33 @@ from sleb_deploy.errors import UnsupportedModelError, UserInputError
 from sleb_deploy.models.adapters import Adapter, ExportTraits, get_adapter
 
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+# How a derived initializer is made from the checkpoint tensors it replaces: ``(function, sources)``.
+Derivation = tuple[Callable[[list[torch.Tensor]], torch.Tensor], list[torch.Tensor]]
+
+
+def fused_transposed(weights: list[torch.Tensor]) -> torch.Tensor:
+    """``[in, sum(out)]``: projection weights stacked along their outputs, then transposed for ``MatMul(x, W)``."""
+    return torch.cat(weights).t().contiguous()
+
+
+def _transposed(weights: list[torch.Tensor]) -> torch.Tensor:
+    (weight,) = weights
+    return weight.t().contiguous()
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(tensors)
+
+
+def _register_derived(
+    module: nn.Module, name: str, fn: Callable[[list[torch.Tensor]], torch.Tensor], sources: list[torch.Tensor]
+) -> None:
+    """Register ``fn(sources)`` as a (non-persistent) buffer and record the recipe in ``module.derived``:
+    ``export/streamed.py`` rebuilds the same tensor from the checkpoint, one at a time, with the same ``fn``."""
+    module.register_buffer(name, fn(sources) if sources else None, persistent=False)
+    if sources:
+        cast(dict[str, Derivation], module.derived)[name] = (fn, sources)
 
 
 def _rope_type(params: dict[str, Any] | None) -> str:
@@ -166,17 +194,16 @@ class _Layer(nn.Module):
         # nodes that ONNX Runtime folds at load but then does not pre-pack, measured ~30% slower per GEMM.
         # Costs a copy of these weights while exporting; the sources are not in the graph (``fused_sources``).
         self.fused_sources: list[torch.Tensor] = []
+        self.derived: dict[str, Derivation] = {}
         if traits.qkv == "separate":
             projs = (attn.q_proj, attn.k_proj, attn.v_proj)
-            self.register_buffer("qkv_wT", torch.cat([p.weight for p in projs]).t().contiguous(), persistent=False)
-            bias = None if projs[0].bias is None else torch.cat([p.bias for p in projs])
-            self.register_buffer("qkv_b", bias, persistent=False)
+            _register_derived(self, "qkv_wT", fused_transposed, [p.weight for p in projs])
+            _register_derived(self, "qkv_b", _stacked, [] if projs[0].bias is None else [p.bias for p in projs])
             self.fused_sources += [t for p in projs for t in (p.weight, p.bias) if t is not None]
         if traits.mlp == "gated":
             gp, up = self.mlp.gate_proj, self.mlp.up_proj
-            self.register_buffer("gate_up_wT", torch.cat([gp.weight, up.weight]).t().contiguous(), persistent=False)
-            bias = None if gp.bias is None else torch.cat([gp.bias, up.bias])
-            self.register_buffer("gate_up_b", bias, persistent=False)
+            _register_derived(self, "gate_up_wT", fused_transposed, [gp.weight, up.weight])
+            _register_derived(self, "gate_up_b", _stacked, [] if gp.bias is None else [gp.bias, up.bias])
             self.fused_sources += [t for p in (gp, up) for t in (p.weight, p.bias) if t is not None]
         qn = getattr(attn, "q_norm", None)
         kn = getattr(attn, "k_norm", None)
@@ -380,7 +407,8 @@ class ExportDecoder(nn.Module):
         self.lm_head = model.lm_head
         # Its own pre-transposed copy even when tied to the embedding (as Optimum's graph has): a Transpose of
         # the shared embedding would be folded by ONNX Runtime but not pre-packed (measured 38 vs 29 ms at S=128).
-        self.register_buffer("lm_head_wT", model.lm_head.weight.t().contiguous(), persistent=False)
+        self.derived: dict[str, Derivation] = {}
+        _register_derived(self, "lm_head_wT", _transposed, [model.lm_head.weight])
         self.final_softcap = float(getattr(cfg, "final_logit_softcapping", None) or 0.0)
         self.embed = adapter.resolve(model, traits.embed_path)
         self.pos_embed = adapter.resolve(model, traits.pos_embed_path)

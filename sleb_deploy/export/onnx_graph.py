@@ -127,15 +127,9 @@ def export_decoder_onnx(
     torch model; casting an fp32 ONNX afterwards breaks the rotary path) and cast back afterwards.
     """
     onnx = require("onnx", "onnx")
-    require("onnxscript", "onnx")  # the dynamo exporter's backend
-
-    if dtype not in contract.GRAPH_DTYPES:
-        raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(contract.GRAPH_DTYPES)})")
-    if variant not in OPSETS:
-        raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
-    static = _check_kv_cache(kv_cache, variant, max_cache_len)
+    tdtype = graph_torch_dtype(dtype, variant)
+    static = check_kv_cache(kv_cache, variant, max_cache_len)
     out_dir = Path(out_dir)
-    tdtype = getattr(torch, contract.element_type(key=dtype).torch)
     orig_dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval().to(tdtype)
@@ -143,36 +137,9 @@ def export_decoder_onnx(
         wrapper = _wrapper(model, variant, last_logits_only, static)
         use_ext, nbytes = external_data_decision(wrapper, external_data)
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the family and the options are known to work
-        cfg = model.config
-        ins = contract.input_names(wrapper.num_layers, kv_cache)
-        outs = contract.output_names(wrapper.num_layers)
-        axes = contract.dynamic_axes(wrapper.num_layers, last_logits_only, kv_cache, max_cache_len is not None)
-        if static:
-            from sleb_deploy.export.static_cache import example_inputs
-
-            example, dynamic_shapes = example_inputs(wrapper, tdtype, axes, max_cache_len)
-        else:
-            example, dynamic_shapes = _example_inputs(wrapper, tdtype, axes)
-        opset = contract.STATIC_OPSET if static else OPSETS[variant]
-        with torch.no_grad(), _quiet_exporter():
-            program = torch.onnx.export(
-                wrapper,
-                tuple(example),
-                dynamo=True,
-                opset_version=opset,
-                input_names=ins,
-                output_names=outs,
-                dynamic_shapes=dynamic_shapes,
-                optimize=True,
-                verbose=False,
-            )
-        assert program is not None
+        program, axes = trace_decoder(wrapper, tdtype, kv_cache, max_cache_len)
         proto = program.model_proto
-        _rename_dims(proto, axes)
-        _trim_unused_outputs(proto)
-        problems = check_portable(proto)
-        if problems:
-            raise RuntimeError(f"exported graph is not portable: {problems[0]} (+{len(problems) - 1} more)")
+        finish_proto(proto, axes)
         onnx_path = out_dir / "model.onnx"
         data_path = out_dir / "model.onnx_data"
         if data_path.exists():
@@ -188,30 +155,25 @@ def export_decoder_onnx(
             )
         else:
             onnx.save_model(proto, str(onnx_path))
-        return GraphSpec(
-            num_layers=wrapper.num_layers,
-            num_kv_heads=wrapper.n_kv,
-            head_dim=wrapper.head_dim,
-            vocab_size=int(cfg.vocab_size),
-            dtype=dtype,
-            opset=opset,
-            variant=variant,
-            last_logits_only=last_logits_only,
-            model_type=str(cfg.model_type),
-            external_data=bool(use_ext),
-            initializer_bytes=nbytes,
-            kv_cache=kv_cache,
-            max_cache_len=max_cache_len,
-            runtimes=list(STATIC_RUNTIMES if static else ALL_RUNTIMES),
-            input_names=ins,
-            output_names=outs,
-        )
+        return graph_spec(wrapper, dtype, use_ext, nbytes, kv_cache, max_cache_len)
     finally:
         model.to(orig_dtype)
         model.train(was_training)
 
 
-def _check_kv_cache(kv_cache: str, variant: str, max_cache_len: int | None) -> bool:
+def graph_torch_dtype(dtype: str, variant: str) -> torch.dtype:
+    """The torch dtype of a graph precision; refuses an unknown dtype or variant (and a missing extra)."""
+    require("onnx", "onnx")
+    require("onnxscript", "onnx")  # the dynamo exporter's backend
+    if dtype not in contract.GRAPH_DTYPES:
+        raise UserInputError(f"unknown dtype {dtype!r} (choose from {', '.join(contract.GRAPH_DTYPES)})")
+    if variant not in OPSETS:
+        raise UserInputError(f"unknown graph variant {variant!r} (choose from {', '.join(OPSETS)})")
+    tdtype: torch.dtype = getattr(torch, contract.element_type(key=dtype).torch)
+    return tdtype
+
+
+def check_kv_cache(kv_cache: str, variant: str, max_cache_len: int | None) -> bool:
     """Whether the static contract is asked for; refuses combinations that cannot be built."""
     if kv_cache not in contract.KV_CACHE_CONTRACTS:
         choices = ", ".join(contract.KV_CACHE_CONTRACTS)
@@ -251,6 +213,76 @@ def _example_inputs(
         tuple(axes[n] for n in contract.past_names(wrapper.num_layers)),
     )
     return example, dynamic_shapes
+
+
+def trace_decoder(
+    wrapper: ExportDecoder, tdtype: torch.dtype, kv_cache: str = contract.CONCAT, max_cache_len: int | None = None
+) -> tuple[Any, dict[str, dict[int, str]]]:
+    """``(ONNXProgram, axes)``: the dynamo export of ``wrapper`` (optimized; its initializers still reference
+    the wrapper's tensors, nothing is serialized yet)."""
+    static = kv_cache == contract.STATIC
+    ins = contract.input_names(wrapper.num_layers, kv_cache)
+    outs = contract.output_names(wrapper.num_layers)
+    axes = contract.dynamic_axes(wrapper.num_layers, wrapper.last_logits_only, kv_cache, max_cache_len is not None)
+    if static:
+        from sleb_deploy.export.static_cache import example_inputs
+
+        example, dynamic_shapes = example_inputs(wrapper, tdtype, axes, max_cache_len)
+    else:
+        example, dynamic_shapes = _example_inputs(wrapper, tdtype, axes)
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            wrapper,
+            tuple(example),
+            dynamo=True,
+            opset_version=contract.STATIC_OPSET if static else OPSETS[wrapper.variant],
+            input_names=ins,
+            output_names=outs,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    assert program is not None
+    return program, axes
+
+
+def finish_proto(proto: Any, axes: dict[str, dict[int, str]]) -> None:
+    """Optimum's dim names, single-output Attention nodes, and the portability check (raises if not portable)."""
+    _rename_dims(proto, axes)
+    _trim_unused_outputs(proto)
+    problems = check_portable(proto)
+    if problems:
+        raise RuntimeError(f"exported graph is not portable: {problems[0]} (+{len(problems) - 1} more)")
+
+
+def graph_spec(
+    wrapper: ExportDecoder,
+    dtype: str,
+    external_data: bool,
+    nbytes: int,
+    kv_cache: str = contract.CONCAT,
+    max_cache_len: int | None = None,
+) -> GraphSpec:
+    cfg = wrapper.cfg
+    static = kv_cache == contract.STATIC
+    return GraphSpec(
+        num_layers=wrapper.num_layers,
+        num_kv_heads=wrapper.n_kv,
+        head_dim=wrapper.head_dim,
+        vocab_size=int(cfg.vocab_size),
+        dtype=dtype,
+        opset=contract.STATIC_OPSET if static else OPSETS[wrapper.variant],
+        variant=wrapper.variant,
+        last_logits_only=wrapper.last_logits_only,
+        model_type=str(cfg.model_type),
+        external_data=bool(external_data),
+        initializer_bytes=nbytes,
+        kv_cache=kv_cache,
+        max_cache_len=max_cache_len,
+        runtimes=list(STATIC_RUNTIMES if static else ALL_RUNTIMES),
+        input_names=contract.input_names(wrapper.num_layers, kv_cache),
+        output_names=contract.output_names(wrapper.num_layers),
+    )
 
 
 def io_signature(onnx_path: Path) -> dict[str, Any]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sleb_deploy._optional import require
 from sleb_deploy.artifacts import check_writable_target, environment, staged_dir, write_json
 from sleb_deploy.config import ExportConfig
-from sleb_deploy.contract import GRAPH_DTYPES, element_type
+from sleb_deploy.contract import CONCAT, GRAPH_DTYPES, element_type
 from sleb_deploy.errors import UserInputError, ValidationError
 from sleb_deploy.export.manifest import ExportManifest
 from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, resolve_model
@@ -94,6 +95,7 @@ def _legacy_tokenizer_config(directory: Path) -> None:
 def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportManifest:
     """Export, validate and lay out one checkpoint (dense or pruned) as an ONNX directory."""
     from sleb_deploy.export.onnx_graph import export_decoder_onnx
+    from sleb_deploy.export.streamed import export_streamed, offloaded_reference, streamable
     from sleb_deploy.export.validate import validate_against_torch
 
     if cfg.dtype not in GRAPH_DTYPES:
@@ -105,21 +107,27 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
     check_writable_target(out, cfg.force)
     source = resolve_model(model_spec)
     tokenizer = load_tokenizer(source)
-    model = load_model(source, dtype="fp32")
+    # The static-cache variant is traced from the model in memory (export/static_cache.py); the concatenating
+    # graph streams from a local safetensors checkpoint.
+    stream = cfg.kv_cache == CONCAT and source.kind != "hub" and streamable(Path(source.location))
+    # Streamed (export/streamed.py): weights written tensor by tensor from the safetensors, the reference
+    # offloaded to them; at most one copy of the graph's weights in memory (ONNX Runtime's, while validating).
+    model = offloaded_reference(Path(source.location)) if stream else load_model(source, dtype="fp32")
     with staged_dir(out, cfg.force) as tmp:
-        spec = export_decoder_onnx(
-            model,
+        export = partial(export_streamed, Path(source.location)) if stream else partial(export_decoder_onnx, model)
+        spec = export(
             tmp,
             dtype=cfg.dtype,
             variant=cfg.variant,
             last_logits_only=cfg.last_logits_only,
             external_data=cfg.external_data,
-            kv_cache=cfg.kv_cache,
-            max_cache_len=cfg.max_cache_len,
+            **({} if stream else {"kv_cache": cfg.kv_cache, "max_cache_len": cfg.max_cache_len}),
         )
+        check: Any = partial(validate_against_torch, lean=True) if stream else validate_against_torch
         if cfg.kv_cache == "static":
-            from sleb_deploy.export.validate_static import validate_static_against_torch as validate_against_torch
-        validation = _validate(model, tmp / "model.onnx", cfg, validate_against_torch)
+            from sleb_deploy.export.validate_static import validate_static_against_torch as check
+        validation = _validate(model, tmp / "model.onnx", cfg, check)
+        validation["reference"] = "offloaded" if stream else "in_memory"
         write_json(tmp / "config.json", _host_config(model, cfg.dtype))
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

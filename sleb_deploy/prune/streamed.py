@@ -319,12 +319,11 @@ def _hidden_out(output: Any) -> torch.Tensor:
 
 
 def write_pruned_checkpoint(sm: StreamedModel, kept: list[int], out: Path, shard_bytes: int = 2 << 30) -> None:
-    """The pruned checkpoint, tensor by tensor: non-block tensors and the kept blocks renumbered, written in
-    shards of at most ``shard_bytes`` (at the scoring dtype, as ``save_pretrained`` of the loaded model would),
-    plus the config (block count and per-block lists updated) and the source's generation config."""
-    from safetensors.torch import save_file
-
-    remove_blocks(sm.model, kept)  # the skeleton's config and block list: what config.json must say
+    """The pruned checkpoint, tensor by tensor: non-block tensors (from the loaded skeleton) and the kept blocks
+    renumbered (each read from the source when written), in safetensors shards of at most ``shard_bytes`` at the
+    scoring dtype (as ``save_pretrained`` of the loaded model would write them); then the config (block count and
+    per-block lists updated) and the source's generation config. Memory: one block tensor at a time."""
+    held = sm.model.state_dict()
     new_index = {b: i for i, b in enumerate(kept)}
     names: list[tuple[str, str]] = []  # (source key, target key)
     for key in sm.ckpt.keys():
@@ -346,20 +345,56 @@ def write_pruned_checkpoint(sm: StreamedModel, kept: list[int], out: Path, shard
     weight_map: dict[str, str] = {}
     total = 0
     cpu = torch.device("cpu")
+
+    def tensor(source: str) -> torch.Tensor:
+        t = (
+            held[source]
+            if source in held and not held[source].is_meta
+            else sm.ckpt.read([source], cpu, sm.dtype)[source]
+        )
+        return t.detach().to(cpu).contiguous()
+
     for i, shard in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        tensors = sm.ckpt.read([s for s, _ in shard], cpu, sm.dtype)
-        renamed = {t: tensors.pop(s).contiguous() for s, t in shard}
-        total += sum(t.numel() * t.element_size() for t in renamed.values())
-        save_file(renamed, str(out / fname), metadata={"format": "pt"})
-        weight_map.update({t: fname for t in renamed})
-        del renamed
+        total += _write_safetensors(out / fname, [(s, t, sm.ckpt.header[s]["shape"]) for s, t in shard], sm, tensor)
+        weight_map.update({target: fname for _, target in shard})
     if len(shards) > 1:
         (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    remove_blocks(sm.model, kept)  # the skeleton's config: what config.json must say
     config_of(sm.model).save_pretrained(out)
     generation = sm.ckpt.directory / "generation_config.json"
     if generation.is_file():
         shutil.copy(generation, out / "generation_config.json")
+
+
+def _write_safetensors(
+    path: Path, entries: list[tuple[str, str, list[int]]], sm: StreamedModel, tensor: Callable[[str], torch.Tensor]
+) -> int:
+    """One safetensors file written tensor by tensor: the header from the known shapes and dtypes (floating
+    tensors at the scoring dtype), then each tensor's bytes, fetched only when written. Returns the data bytes."""
+    names = {v: k for k, v in _DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for source, target, shape in entries:
+        stored = _DTYPES[sm.ckpt.header[source]["dtype"]]
+        dtype = sm.dtype if stored.is_floating_point else stored
+        nbytes = sm.ckpt.nbytes(source, sm.dtype)
+        header[target] = {"dtype": names[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for source, target, _ in entries:
+            t = tensor(source)
+            if names[t.dtype] != header[target]["dtype"] or t.numel() * t.element_size() != (
+                header[target]["data_offsets"][1] - header[target]["data_offsets"][0]
+            ):
+                raise RuntimeError(f"{source}: {t.dtype} {tuple(t.shape)} does not match the header written")
+            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+            del t
+    return offset
 
 
 def streamed_perplexity(sm: StreamedModel, windows: torch.Tensor, batch_size: int, alive: list[int]) -> Perplexity:

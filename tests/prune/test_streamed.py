@@ -106,3 +106,44 @@ def test_budget_too_small_is_one_line(llama_dir: Path, text_file: Path, tmp_path
     result = CliRunner().invoke(app, _args(llama_dir, text_file, tmp_path / "o", "--max-memory", "1MiB"))
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "raise --max-memory" in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_pruned_checkpoint_written_in_shards_equals_the_pruned_model(tmp_path: Path) -> None:
+    """Tied OPT, shards far smaller than the model: an index and several files that transformers loads back
+    into exactly the pruned model."""
+    from transformers import AutoModelForCausalLM
+
+    from sleb_deploy.models.adapters import remove_blocks
+    from sleb_deploy.prune.streamed import INDEX, write_pruned_checkpoint
+
+    model = tiny_model("opt", 6)
+    model.save_pretrained(tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    write_pruned_checkpoint(StreamedModel(tmp_path / "src", None, "cpu"), [0, 2, 3, 5], tmp_path / "out", 20_000)
+    assert (tmp_path / "out" / INDEX).is_file() and len(list((tmp_path / "out").glob("*.safetensors"))) > 2
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    remove_blocks(model, [0, 2, 3, 5])
+    ids = torch.randint(4, 300, (2, 9))
+    assert pruned.config.num_hidden_layers == 4
+    assert torch.equal(pruned(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_accelerate_device_map_on_the_plain_path(tmp_path: Path) -> None:
+    """The README's several-GPU recipe: a model dispatched by accelerate's device map (here CPU + disk offload,
+    the same hooks that place blocks on several GPUs) scored by the cached scorer decides as the plain model."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama", 6)
+    model.save_pretrained(tmp_path / "ckpt")
+    ids = windows()
+    expected = sleb_select(6, 2, CachedScorer(model, ids))
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+                  **{f"model.layers.{i}": "cpu" if i < 3 else "disk" for i in range(6)}}  # fmt: skip
+    dispatched = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "ckpt", device_map=device_map, offload_folder=str(tmp_path / "offload")
+    ).eval()
+    assert dispatched.model.layers[4].mlp.up_proj.weight.is_meta  # really offloaded, loaded per forward
+    got = sleb_select(6, 2, CachedScorer(dispatched, ids))
+    assert [p.removed for p in got] == [p.removed for p in expected]
+    for pg, pe in zip(got, expected, strict=True):
+        assert pg.scores == pytest.approx(pe.scores, rel=1e-5)

@@ -85,9 +85,10 @@ def test_auto_prefers_cached_then_streamed_then_fails() -> None:
     big = plan_memory(shape, calib, 5, 4, 64 << 30)
     assert big.scorer == "cached" and big.fits and big.block_loads == 0
     weights = WeightBytes.from_shape(shape, 4).total
-    small = plan_memory(shape, calib, 5, 4, weights)  # under the weights plus the runtime: streamed
+    small = plan_memory(shape, calib, 5, 4, weights * 3 // 2)  # under the weights plus the runtime: streamed
     assert small.scorer == "streamed" and small.fits and small.window_groups == 1
-    assert small.peak_bytes < weights
+    assert not plan_memory(shape, calib, 5, 4, weights * 3 // 2, scorer="cached").fits
+    assert small.resident_weights_bytes < weights // 3
     explicit = plan_memory(shape, calib, 5, 4, 64 << 30, scorer="naive")
     assert explicit.scorer == "naive" and explicit.states_bytes == 0
     assert not plan_memory(shape, calib, 5, 4, 100 << 20).fits

@@ -204,7 +204,7 @@ def prune(
     ] = SCORER,
     max_memory: Annotated[
         str | None,
-        typer.Option(help="memory budget of the SLEB search, e.g. 8GiB or 80GB [default: the free memory]"),
+        typer.Option(help="memory budget of the SLEB search, e.g. 8GiB or 80GB (default: the free memory of --device)"),
     ] = P.max_memory,
     early_barrier: Annotated[int, typer.Option(help="first alive blocks never removed")] = P.early_barrier,
     latter_barrier: Annotated[int, typer.Option(help="last alive blocks never removed")] = P.latter_barrier,

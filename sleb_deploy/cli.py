@@ -196,7 +196,17 @@ def prune(
     ratio: RatioOpt = None,
     metric: MetricOpt = METRIC,
     blocks: BlocksOpt = None,
-    scorer: Annotated[Scorer, typer.Option(help="cached, or naive (whole model per candidate)")] = SCORER,
+    scorer: Annotated[
+        Scorer,
+        typer.Option(
+            help="auto (from the memory plan), streamed (blocks read from the checkpoint one at a time), cached "
+            "(whole model loaded), or naive (whole model per candidate)"
+        ),
+    ] = SCORER,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(help="memory budget of the SLEB search, e.g. 8GiB or 80GB (default: the free memory of --device)"),
+    ] = P.max_memory,
     early_barrier: Annotated[int, typer.Option(help="first alive blocks never removed")] = P.early_barrier,
     latter_barrier: Annotated[int, typer.Option(help="last alive blocks never removed")] = P.latter_barrier,
     eval_text: EvalTextOpt = P.eval_text,
@@ -219,9 +229,15 @@ def prune(
         metric=metric.value, blocks=_blocks(blocks), scorer=scorer.value, early_barrier=early_barrier,
         latter_barrier=latter_barrier, eval_text=eval_text, eval_windows=eval_windows, batch_size=batch_size,
         window_bos=window_bos.value, dtype=dtype.value, device=device, resume=resume, force=force,
+        max_memory=max_memory,
     )  # fmt: skip
+
+    def show_plan(plan: Any) -> None:
+        if not (quiet or as_json):
+            typer.echo(plan.summary(), err=True)
+
     with candidate_progress(quiet or as_json) as hook:
-        result = run_stage(lambda: prune_stage(cfg, on_candidate=hook))
+        result = run_stage(lambda: prune_stage(cfg, on_candidate=hook, on_plan=show_plan))
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
         return

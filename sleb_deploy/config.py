@@ -25,6 +25,8 @@ class Metric(str, Enum):
 
 
 class Scorer(str, Enum):
+    AUTO = "auto"  # from the memory plan (prune/plan.py): cached when it fits, else streamed
+    STREAMED = "streamed"  # blocks read from the checkpoint one at a time, once per phase: the same numbers
     CACHED = "cached"  # each block's input kept per phase: the same numbers, about half the block forwards
     NAIVE = "naive"  # the whole model per candidate, as the official code
 
@@ -92,7 +94,8 @@ class PruneConfig:
     ratio: float | None = None  # DEFAULT_RATIO when neither remove nor ratio nor blocks is given
     metric: str = Metric.SLEB.value
     blocks: list[int] | None = None
-    scorer: str = Scorer.CACHED.value
+    scorer: str = Scorer.AUTO.value
+    max_memory: str | None = None  # budget for the SLEB search, e.g. "8GiB" (default: the free memory)
     early_barrier: int = 1
     latter_barrier: int = 1
     eval_text: str = DEFAULT_EVAL

@@ -38,15 +38,24 @@ def test_zoo_model_is_a_plain_checkpoint(default_model) -> None:  # type: ignore
     assert "Paris" in tokenizer.decode(out[0])  # the dequantized weights are a working model
 
 
-def test_cached_and_naive_scorers_agree(default_model) -> None:  # type: ignore[no-untyped-def]
-    _, model, tokenizer = default_model
+def test_naive_cached_and_streamed_scorers_agree(default_model) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from sleb_deploy.prune.streamed import StreamedModel, StreamedScorer
+
+    source, model, tokenizer = default_model
     windows, spec = draw_windows(tokenizer, "wiki-articles", 2, 64, seed=0)
     assert spec.tokens == 128 and spec.source_tokens > 500_000
-    blocks = list(adapter_for(model).blocks(model))
+    streamed = StreamedModel(Path(source.location), None, "cpu")  # blocks read from model.safetensors
     runs = {}
-    for name, cls in (("naive", NaiveScorer), ("cached", CachedScorer)):
-        counter = BlockCounter(blocks)
-        runs[name] = (sleb_select(30, 2, cls(model, windows, batch_size=2)), counter.count)
+    for name, scorer, blocks, k in (
+        ("naive", NaiveScorer(model, windows, batch_size=2), adapter_for(model).blocks(model), 2),
+        ("cached", CachedScorer(model, windows, batch_size=2), adapter_for(model).blocks(model), 2),
+        # the first phase only (all 28 candidates; ~30 s of CI on 2 cores)
+        ("streamed", StreamedScorer(streamed, windows, batch_size=2), streamed.blocks, 1),
+    ):
+        counter = BlockCounter(list(blocks))
+        runs[name] = (sleb_select(30, k, scorer), counter.count)
         counter.close()
     (naive, naive_count), (cached, cached_count) = runs["naive"], runs["cached"]
     assert [p.removed for p in cached] == [p.removed for p in naive]
@@ -54,6 +63,10 @@ def test_cached_and_naive_scorers_agree(default_model) -> None:  # type: ignore[
         for b in pn.scores:
             assert pc.scores[b] == pytest.approx(pn.scores[b], rel=1e-4)
     assert cached_count <= 0.55 * naive_count
+    (stream,), stream_count = runs["streamed"]
+    assert stream.removed == cached[0].removed and stream_count == 2 * ((28 * 29) // 2 + 28)
+    assert stream.scores == pytest.approx(cached[0].scores, rel=1e-5)
+    assert streamed.loads == 30
 
 
 def test_pruned_default_model_onnx_generation(default_model, default_exports) -> None:  # type: ignore[no-untyped-def]

@@ -40,4 +40,5 @@ class SlebManifest(Manifest):
     perplexity: dict[str, Any]  # {"eval": WindowSpec, "dense": Perplexity, "pruned": Perplexity}
     cost: dict[str, Any]  # block_forwards, seconds, resumed_phases
     config: dict[str, Any]  # the PruneConfig as given (what a rerun must match to reuse this checkpoint)
+    memory_plan: dict[str, Any] | None = None  # prune/plan.py's MemoryPlan of a SLEB search (None otherwise)
     environment: dict[str, Any] = field(default_factory=dict)

@@ -1,5 +1,10 @@
 """The prune stage: checkpoint in, pruned checkpoint + `sleb.json` out.
 
+The SLEB search runs on the scorer the memory plan (`plan.py`) picks for `--max-memory` (default: the free
+memory): `cached` with the whole model loaded when it fits, else `streamed` (`streamed.py`), which holds only the
+non-block weights and reads each block from the checkpoint when it runs; then perplexity is streamed too and
+the pruned checkpoint is written tensor by tensor.
+
 Resumable: after each phase the finished phases go into a progress file next to the output
 (`.<out>.progress.json`); `resume=True` continues from it when model, calibration tokens and settings match.
 """
@@ -18,16 +23,20 @@ from sleb_deploy.config import DEFAULT_RATIO, METRICS, SCORERS, PruneConfig
 from sleb_deploy.data import draw_windows, resolve_window_bos
 from sleb_deploy.errors import ArtifactError, SlebDeployError, UserInputError
 from sleb_deploy.evaluate import perplexity
-from sleb_deploy.models.adapters import adapter_for, remove_blocks
+from sleb_deploy.models.adapters import adapter_for, get_adapter, remove_blocks
 from sleb_deploy.models.load import (
     ModelSource,
     load_model,
     load_tokenizer,
+    read_config,
     read_model_type,
     read_num_blocks,
     resolve_model,
+    torch_dtype,
 )
 from sleb_deploy.prune.manifest import SlebManifest, SourceModel
+from sleb_deploy.prune.plan import Calibration, MemoryPlan, ModelShape, format_bytes, free_memory, parse_memory
+from sleb_deploy.prune.plan import plan_memory as plan_memory_for
 from sleb_deploy.prune.scoring import BlockCounter, CachedScorer, NaiveScorer, block_influence
 from sleb_deploy.prune.select import Phase, check_barriers, num_to_remove, one_shot_select, sleb_select
 
@@ -67,6 +76,8 @@ def _validate(cfg: PruneConfig) -> None:
         raise UserInputError("--blocks names the blocks itself; drop --remove/--ratio")
     if cfg.batch_size < 1:
         raise UserInputError("--batch-size must be >= 1")
+    if cfg.max_memory is not None:
+        parse_memory(cfg.max_memory)
 
 
 def _load_progress(path: Path, fingerprint: dict[str, Any]) -> list[Phase]:
@@ -81,8 +92,11 @@ def _load_progress(path: Path, fingerprint: dict[str, Any]) -> list[Phase]:
     return [Phase.from_json(p) for p in data["phases"]]
 
 
-def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> SlebManifest:
-    """Run SLEB (or a baseline) and write the pruned checkpoint; see the module docstring."""
+def prune(
+    cfg: PruneConfig, on_candidate: CandidateHook | None = None, on_plan: Callable[[MemoryPlan], None] | None = None
+) -> SlebManifest:
+    """Run SLEB (or a baseline) and write the pruned checkpoint; see the module docstring. ``on_plan`` gets the
+    memory plan of a SLEB search before the weights are loaded."""
     _validate(cfg)
     start = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
@@ -105,15 +119,31 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> SlebMa
     calib_ids = calib_spec = None
     if cfg.blocks is None:
         calib_ids, calib_spec = draw_windows(tokenizer, cfg.calib, cfg.windows, cfg.seq_len, cfg.seed, bos=bos)
-    model = load_model(source, cfg.dtype, cfg.device)
-    blocks = adapter_for(model).blocks(model)
+    plan = plan_memory(cfg, source, k) if calib_ids is not None and cfg.metric == "sleb" else None
+    if plan is not None and on_plan is not None:
+        on_plan(plan)
+    streamed = None
+    if plan is not None and plan.scorer == "streamed":
+        from sleb_deploy.prune.streamed import StreamedModel, streamed_perplexity
+
+        load_dtype = torch_dtype(cfg.dtype)
+        streamed = StreamedModel(
+            checkpoint_dir(source), None if isinstance(load_dtype, str) else load_dtype, cfg.device
+        )
+        model, blocks = streamed.model, streamed.blocks
+    else:
+        model = load_model(source, cfg.dtype, cfg.device)
+        blocks = list(adapter_for(model).blocks(model))
     if len(blocks) != n:
         raise ArtifactError(f"config.json says {n} blocks but the model has {len(blocks)}; fix the checkpoint")
-    dense_ppl = perplexity(model, eval_ids, cfg.batch_size)
+    if streamed is not None:
+        dense_ppl = streamed_perplexity(streamed, eval_ids, cfg.batch_size, list(range(n)))
+    else:
+        dense_ppl = perplexity(model, eval_ids, cfg.batch_size)
 
     phases: list[Phase] = []
     resumed = 0
-    counter = BlockCounter(list(blocks))
+    counter = BlockCounter(blocks)
     try:
         if calib_ids is not None and calib_spec is not None:
             if cfg.metric == "block-influence":
@@ -122,22 +152,25 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> SlebMa
                 phases = [Phase(0, list(range(n)), scores, removed[0], {"one_shot_order": removed})]
             else:
                 phases, resumed = _run_sleb(
-                    cfg, model, calib_ids, source, calib_spec.to_json(), n, k, out, on_candidate
+                    cfg, plan, streamed or model, calib_ids, source, calib_spec.to_json(), n, k, out, on_candidate
                 )
                 removed = [p.removed for p in phases]
     finally:
         counter.close()
 
     kept = [i for i in range(n) if i not in removed]
-    remove_blocks(model, kept)
-    pruned_ppl = perplexity(model, eval_ids, cfg.batch_size)
+    if streamed is not None:
+        pruned_ppl = streamed_perplexity(streamed, eval_ids, cfg.batch_size, kept)
+    else:
+        remove_blocks(model, kept)
+        pruned_ppl = perplexity(model, eval_ids, cfg.batch_size)
     method = "blocks" if cfg.blocks is not None else cfg.metric
     manifest = SlebManifest(
         model=SourceModel(**source.to_json(), model_type=str(model.config.model_type), num_blocks=n),
         method={
             "metric": method,
             "label": METHOD_LABELS[method],
-            "scorer": cfg.scorer if method == "sleb" else None,
+            "scorer": plan.scorer if plan is not None else None,
             "barriers": [cfg.early_barrier, cfg.latter_barrier],
             "dtype": cfg.dtype,
             "batch_size": cfg.batch_size,
@@ -153,12 +186,19 @@ def prune(cfg: PruneConfig, on_candidate: CandidateHook | None = None) -> SlebMa
             "block_forwards": counter.count,
             "seconds": round(time.perf_counter() - start, 2),
             "resumed_phases": resumed,
+            **({"block_loads": streamed.loads} if streamed is not None else {}),
         },
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        memory_plan=plan.to_json() if plan is not None else None,
         environment=environment(),
     )
     with staged_dir(out, cfg.force) as tmp:
-        model.save_pretrained(tmp)
+        if streamed is not None:
+            from sleb_deploy.prune.streamed import write_pruned_checkpoint
+
+            write_pruned_checkpoint(streamed, kept, tmp)
+        else:
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         manifest.write(tmp)
     progress_path(out).unlink(missing_ok=True)
@@ -177,8 +217,56 @@ def _check_blocks(blocks: list[int], n: int) -> list[int]:
     return list(blocks)
 
 
+def checkpoint_dir(source: ModelSource) -> Path:
+    """The local checkpoint directory (a hub model is fetched into the Hugging Face cache first)."""
+    if source.kind != "hub":
+        return Path(source.location)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source.location, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def plan_memory(cfg: PruneConfig, source: ModelSource, k: int) -> MemoryPlan:
+    """The plan of this run's SLEB search (``plan.py``), from the config, the checkpoint's safetensors headers
+    (exact block sizes) when it is local, the calibration size, the dtype and the budget. Raises when nothing
+    fits a budget that was given (or, for ``--scorer auto``, the free memory)."""
+    config = read_config(source).get_text_config()
+    shape = ModelShape.from_config(config)
+    dtype: Any = torch_dtype(cfg.dtype)
+    weights = None
+    local = Path(source.location)
+    if source.kind != "hub" and any(local.glob("*.safetensors")):
+        from sleb_deploy.prune.streamed import CheckpointTensors, checkpoint_weight_bytes
+
+        ckpt = CheckpointTensors(local)
+        dtype = ckpt.float_dtype() if dtype == "auto" else dtype
+        blocks_path = get_adapter(str(config.model_type)).blocks_path
+        weights = checkpoint_weight_bytes(ckpt, blocks_path, shape.num_blocks, dtype)
+    if dtype == "auto":
+        import torch
+
+        dtype = getattr(config, "dtype", None) or torch.float32
+    if cfg.max_memory is not None:
+        budget, budget_source = parse_memory(cfg.max_memory), "--max-memory"
+    else:
+        budget, budget_source = free_memory(cfg.device)
+    plan = plan_memory_for(
+        shape, Calibration(cfg.windows, cfg.seq_len, cfg.batch_size, cfg.eval_windows), k,
+        dtype.itemsize, budget, scorer=cfg.scorer, device=cfg.device, budget_source=budget_source,
+        weights=weights, early=cfg.early_barrier, latter=cfg.latter_barrier,
+    )  # fmt: skip
+    if not plan.fits and (cfg.scorer == "auto" or cfg.max_memory is not None):
+        raise UserInputError(
+            f"the SLEB search needs ~{format_bytes(plan.peak_bytes)} with the {plan.scorer} scorer, more than "
+            f"{format_bytes(budget)} ({budget_source}); raise --max-memory or lower --windows, --seq-len "
+            "or --batch-size"
+        )
+    return plan
+
+
 def _run_sleb(
     cfg: PruneConfig,
+    plan: MemoryPlan | None,
     model: Any,
     windows: Any,
     source: ModelSource,
@@ -204,8 +292,15 @@ def _run_sleb(
         if on_candidate is not None:
             on_candidate(state["phase"], k, i, total)
 
-    scorer_cls = CachedScorer if cfg.scorer == "cached" else NaiveScorer
-    scorer = scorer_cls(model, windows, cfg.batch_size, progress)
+    scorer: Any
+    name = plan.scorer if plan is not None else cfg.scorer
+    if name == "streamed" and plan is not None:
+        from sleb_deploy.prune.streamed import StreamedScorer
+
+        states = "cpu" if plan.states_on == "cpu" else None
+        scorer = StreamedScorer(model, windows, cfg.batch_size, progress, plan.window_groups, states)
+    else:
+        scorer = (NaiveScorer if name == "naive" else CachedScorer)(model, windows, cfg.batch_size, progress)
 
     def save(phases: list[Phase]) -> None:
         state["phase"] = len(phases)

@@ -80,6 +80,7 @@ def test_block_influence_and_blocks_baselines(llama_dir: Path, text_file: Path, 
         (["--windows", "500"], "fewer than"),
         (["--blocks", "2,9"], "out of range"),
         (["--metric", "magic"], "not one of"),
+        (["--max-memory", "8XB"], "not a size"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(

@@ -26,6 +26,7 @@ and ``write_indices`` (int64 ``[batch_size]``) says per row where this step's fi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -112,6 +113,42 @@ def position_ids(attention_mask: np.ndarray, seq_len: int) -> np.ndarray:
     pos = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None)
     out: np.ndarray = pos[:, -seq_len:].astype(np.int64)
     return out
+
+
+def greedy_concat_loop(
+    step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> np.ndarray:
+    """The concatenating contract's greedy host loop, whatever runs the graph: prompt + new tokens ``[B, P + n]``.
+
+    ``step(ids, mask, pos)`` runs one forward over the new tokens ``ids`` (the whole left-padded prompt first,
+    then one token per row), keeps the KV cache itself, and returns the last position's logits ``[B, V]``.
+    The mask grows by one column of ones a step and positions continue from the last one; rows that produced
+    ``eos_token_id`` are filled with pad (or eos, or 0) and the loop stops when every row has finished.
+    """
+    ids = np.asarray(input_ids, dtype=np.int64)
+    mask = np.asarray(attention_mask, dtype=np.int64)
+    batch = ids.shape[0]
+    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    pos = position_ids(mask, mask.shape[1])
+    cur, out = ids, [ids]
+    done = np.zeros(batch, dtype=bool)
+    for _ in range(max_new_tokens):
+        logits = step(cur, mask, pos[:, -cur.shape[1] :])
+        nxt = np.where(done, fill, logits.argmax(axis=-1).astype(np.int64))
+        out.append(nxt[:, None])
+        if eos_token_id is not None:
+            done |= nxt == eos_token_id
+            if done.all():
+                break
+        cur = nxt[:, None]
+        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
+    return np.concatenate(out, axis=1)
 
 
 @dataclass(frozen=True)

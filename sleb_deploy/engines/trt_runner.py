@@ -190,34 +190,20 @@ class TrtGenerator:
     ) -> Any:
         """Prompt + greedy continuation, ``[B, prompt_len + n]`` (and the per-step logits when asked)."""
         ids = np.asarray(input_ids, dtype=np.int64)
-        mask = np.asarray(attention_mask, dtype=np.int64)
         batch, prompt_len = ids.shape
         self.limits.check_request(batch, prompt_len, max_new_tokens)
-        fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
         eng = self.engine
-        pos = contract.position_ids(mask, prompt_len)
-        cur, past_len = ids, 0
-        out, steps = [ids], []
-        done = np.zeros(batch, dtype=bool)
-        for _ in range(max_new_tokens):
-            logits = eng.forward(
-                eng.to_device(cur), eng.to_device(mask), eng.to_device(pos[:, -cur.shape[1] :]), past_len
-            )
-            last = logits[:, -1, :].float()
-            nxt = last.argmax(dim=-1).cpu().numpy().astype(np.int64)  # waits for the step
+        steps: list[np.ndarray] = []
+
+        def step(cur: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+            past_len = mask.shape[1] - cur.shape[1]
+            logits = eng.forward(eng.to_device(cur), eng.to_device(mask), eng.to_device(pos), past_len)
+            last: np.ndarray = logits[:, -1, :].float().cpu().numpy()  # waits for the step
             if return_logits:
-                steps.append(last.cpu().numpy())
-            nxt = np.where(done, fill, nxt)
-            out.append(nxt[:, None])
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
-                if done.all():
-                    break
-            past_len += cur.shape[1]
-            cur = nxt[:, None]
-            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-            pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
-        tokens = np.concatenate(out, axis=1)
+                steps.append(last)
+            return last
+
+        tokens = contract.greedy_concat_loop(step, ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id)
         return (tokens, steps) if return_logits else tokens
 
     def close(self) -> None:

@@ -147,23 +147,13 @@ class OrtGenerator:
         past: list[Any] = [
             np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for _ in self.past_names
         ]
-        pos = contract.position_ids(mask, mask.shape[1])
-        cur = ids
-        out = [ids]
-        done = np.zeros(batch, dtype=bool)
-        for _ in range(max_new_tokens):
-            logits, past = self._step(cur, mask, pos[:, -cur.shape[1] :], past)
-            nxt = logits.argmax(axis=-1).astype(np.int64)
-            nxt = np.where(done, fill, nxt)
-            out.append(nxt[:, None])
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
-                if done.all():
-                    break
-            cur = nxt[:, None]
-            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-            pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
-        return np.concatenate(out, axis=1)
+
+        def step(cur: np.ndarray, step_mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+            nonlocal past
+            logits, past = self._step(cur, step_mask, pos, past)
+            return logits
+
+        return contract.greedy_concat_loop(step, ids, mask, max_new_tokens, eos_token_id, pad_token_id)
 
     def _generate_static(
         self,

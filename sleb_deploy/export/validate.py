@@ -54,6 +54,30 @@ def _kv_diff(ref: torch.Tensor, got: np.ndarray, mask: np.ndarray) -> float:
     return float(np.max(np.abs(np.where(valid, ref_np - got_t, 0.0)))) if n else 0.0
 
 
+def reference_step(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: np.ndarray, cache: Any, got_logits: np.ndarray,
+    learned_positions: bool,
+) -> tuple[Any, float]:
+    """One step of the HF reference on the same inputs as the graph's step: ``(its cache, max |logits diff|)``
+    over the positions that are real tokens (padding rows' logits are not compared)."""
+    with torch.no_grad():
+        ref = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=None if learned_positions else torch.from_numpy(pos),
+            cache=cache,
+            use_cache=True,
+        )
+    ref_logits = _to_np(ref.logits)
+    m_np = mask.numpy()
+    if got_logits.shape[1] == 1 and ref_logits.shape[1] != 1:
+        ref_logits, q_valid = ref_logits[:, -1:], m_np[:, -1:]
+    else:
+        q_valid = m_np[:, -ids.shape[1] :]
+    valid = q_valid.astype(bool)[:, :, None]
+    return ref.cache, float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
+
+
 def validate_against_torch(
     model: Any,
     onnx_path: Path,
@@ -113,23 +137,7 @@ def validate_against_torch(
             **past,
         }
         outs = dict(zip(out_names, sess.run(None, feeds), strict=True))
-        with torch.no_grad():
-            ref = model(
-                input_ids=cur_ids,
-                attention_mask=mask,
-                position_ids=None if learned_positions else torch.from_numpy(pos),
-                cache=cache,
-                use_cache=True,
-            )
-        cache = ref.cache
-        ref_logits = _to_np(ref.logits)
-        got_logits = outs[contract.LOGITS]
-        if got_logits.shape[1] == 1 and ref_logits.shape[1] != 1:
-            ref_logits, q_valid = ref_logits[:, -1:], m_np[:, -1:]
-        else:
-            q_valid = m_np[:, -s:]
-        valid = q_valid.astype(bool)[:, :, None]
-        d_logits = float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
+        cache, d_logits = reference_step(model, cur_ids, mask, pos, cache, outs[contract.LOGITS], learned_positions)
         d_kv = 0.0
         present_len = m_np.shape[1]
         presents = contract.present_names(num_layers)

@@ -17,7 +17,7 @@ import torch
 
 from sleb_deploy import contract
 from sleb_deploy._optional import require
-from sleb_deploy.export.validate import _cache_kv, _kv_diff, _to_np, make_inputs
+from sleb_deploy.export.validate import _cache_kv, _kv_diff, make_inputs, reference_step
 from sleb_deploy.models.adapters import get_adapter
 
 
@@ -73,23 +73,7 @@ def validate_static_against_torch(
             **cache_np,
         }
         outs = dict(zip(out_names, sess.run(None, feeds), strict=True))
-        with torch.no_grad():
-            ref = model(
-                input_ids=cur_ids,
-                attention_mask=mask,
-                position_ids=None if learned_positions else torch.from_numpy(pos),
-                cache=cache,
-                use_cache=True,
-            )
-        cache = ref.cache
-        ref_logits = _to_np(ref.logits)
-        got_logits = outs[contract.LOGITS]
-        if got_logits.shape[1] == 1 and ref_logits.shape[1] != 1:
-            ref_logits, q_valid = ref_logits[:, -1:], m_np[:, -1:]
-        else:
-            q_valid = m_np[:, -s:]
-        valid = q_valid.astype(bool)[:, :, None]
-        d_logits = float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
+        cache, d_logits = reference_step(model, cur_ids, mask, pos, cache, outs[contract.LOGITS], learned_positions)
         write += s
         d_kv = 0.0
         for i, (past_name, present_name) in enumerate(

@@ -78,6 +78,26 @@ def reference_step(
     return ref.cache, float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
 
 
+def kv_inputs(sess: Any) -> tuple[Any, int, str]:
+    """``(first past input, number of layers, numpy dtype)`` of a session over an exported graph."""
+    past_inputs = [i for i in sess.get_inputs() if contract.PAST_NAME.match(i.name)]
+    first = past_inputs[0]
+    np_dtype = contract.element_type(ort=first.type).numpy
+    if np_dtype is None:
+        raise ValueError(f"validation supports fp32/fp16 graphs with numpy I/O, not {first.type}")
+    return first, len(past_inputs) // 2, np_dtype
+
+
+def report(steps: list[dict[str, Any]], shapes_ok: bool) -> dict[str, Any]:
+    """The validators' result: the per-step differences and their maxima."""
+    return {
+        "steps": steps,
+        "max_logits": max(st["logits"] for st in steps),
+        "max_kv": max(st["kv"] for st in steps),
+        "present_shapes_ok": bool(shapes_ok),
+    }
+
+
 def validate_against_torch(
     model: Any,
     onnx_path: Path,
@@ -111,12 +131,7 @@ def validate_against_torch(
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     sess = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
-    past_inputs = [i for i in sess.get_inputs() if contract.PAST_NAME.match(i.name)]
-    num_layers = len(past_inputs) // 2
-    first_past = past_inputs[0]
-    np_dtype = contract.element_type(ort=first_past.type).numpy
-    if np_dtype is None:
-        raise ValueError(f"validation supports fp32/fp16 graphs with numpy I/O, not {first_past.type}")
+    first_past, num_layers, np_dtype = kv_inputs(sess)
     n_kv, head_dim = int(first_past.shape[1]), int(first_past.shape[3])
 
     ids, mask = make_inputs(batch, prompt_len, int(cfg.vocab_size), left_pad=left_pad)
@@ -150,9 +165,4 @@ def validate_against_torch(
         steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": present_len})
         cur_ids = torch.randint(1, int(cfg.vocab_size), (batch, 1), generator=gen)
         mask = torch.cat((mask, torch.ones(batch, 1, dtype=torch.long)), dim=1)
-    return {
-        "steps": steps,
-        "max_logits": max(st["logits"] for st in steps),
-        "max_kv": max(st["kv"] for st in steps),
-        "present_shapes_ok": bool(shapes_ok),
-    }
+    return report(steps, shapes_ok)

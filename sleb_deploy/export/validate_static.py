@@ -17,7 +17,7 @@ import torch
 
 from sleb_deploy import contract
 from sleb_deploy._optional import require
-from sleb_deploy.export.validate import _cache_kv, _kv_diff, make_inputs, reference_step
+from sleb_deploy.export.validate import _cache_kv, _kv_diff, kv_inputs, make_inputs, reference_step, report
 from sleb_deploy.models.adapters import get_adapter
 
 
@@ -40,12 +40,7 @@ def validate_static_against_torch(
     so.log_severity_level = 3  # unaliased buffers: TensorScatter warns, every step, that it copies (harmless here)
     sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
-    past_inputs = [i for i in sess.get_inputs() if contract.PAST_NAME.match(i.name)]
-    num_layers = len(past_inputs) // 2
-    first = past_inputs[0]
-    np_dtype = contract.element_type(ort=first.type).numpy
-    if np_dtype is None:
-        raise ValueError(f"validation supports fp32/fp16 graphs with numpy I/O, not {first.type}")
+    first, num_layers, np_dtype = kv_inputs(sess)
     n_kv, head_dim = int(first.shape[1]), int(first.shape[3])
     needed = prompt_len + decode_steps
     length = first.shape[2] if isinstance(first.shape[2], int) else needed + extra_slots
@@ -87,10 +82,4 @@ def validate_static_against_torch(
         steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": write})
         cur_ids = torch.randint(1, int(cfg.vocab_size), (batch, 1), generator=gen)
         mask = torch.cat((mask, torch.ones(batch, 1, dtype=torch.long)), dim=1)
-    return {
-        "steps": steps,
-        "max_logits": max(st["logits"] for st in steps),
-        "max_kv": max(st["kv"] for st in steps),
-        "present_shapes_ok": bool(shapes_ok),
-        "cache_len": int(length),
-    }
+    return {**report(steps, shapes_ok), "cache_len": int(length)}

@@ -216,10 +216,46 @@ def _example_inputs(
 
 
 def trace_decoder(
-    wrapper: ExportDecoder, tdtype: torch.dtype, kv_cache: str = contract.CONCAT, max_cache_len: int | None = None
+    wrapper: ExportDecoder,
+    tdtype: torch.dtype,
+    kv_cache: str = contract.CONCAT,
+    max_cache_len: int | None = None,
+    *,
+    replicate: bool = True,
 ) -> tuple[Any, dict[str, dict[int, str]]]:
     """``(ONNXProgram, axes)``: the dynamo export of ``wrapper`` (optimized; its initializers still reference
-    the wrapper's tensors, nothing is serialized yet)."""
+    the wrapper's tensors, nothing is serialized yet). ``replicate``: trace one block of each kind and
+    replicate it (``export/replicate.py``; the full trace where that does not apply)."""
+    axes = contract.dynamic_axes(wrapper.num_layers, wrapper.last_logits_only, kv_cache, max_cache_len is not None)
+    program = _trace_replicated(wrapper, tdtype, kv_cache, max_cache_len) if replicate else None
+    if program is None:
+        program = _trace(wrapper, tdtype, kv_cache, max_cache_len, optimize=True)
+    return program, axes
+
+
+def _trace_replicated(
+    wrapper: ExportDecoder, tdtype: torch.dtype, kv_cache: str, max_cache_len: int | None
+) -> Any | None:
+    from sleb_deploy.export import replicate
+
+    found = replicate.short_decoder(wrapper)
+    if found is None:
+        return None
+    short, kind, _ = found
+    program = _trace(short, tdtype, kv_cache, max_cache_len, optimize=False)
+    n_token_inputs = len(contract.input_names(0, kv_cache))
+    try:
+        replicate.replicate(program.model, wrapper, kind, n_token_inputs)
+    except replicate.NotReplicable as e:
+        logging.getLogger(__name__).info("tracing every block: %s", e)
+        return None
+    program.optimize()
+    return program
+
+
+def _trace(
+    wrapper: ExportDecoder, tdtype: torch.dtype, kv_cache: str, max_cache_len: int | None, optimize: bool
+) -> Any:
     static = kv_cache == contract.STATIC
     ins = contract.input_names(wrapper.num_layers, kv_cache)
     outs = contract.output_names(wrapper.num_layers)
@@ -239,11 +275,11 @@ def trace_decoder(
             input_names=ins,
             output_names=outs,
             dynamic_shapes=dynamic_shapes,
-            optimize=True,
+            optimize=optimize,
             verbose=False,
         )
     assert program is not None
-    return program, axes
+    return program
 
 
 def finish_proto(proto: Any, axes: dict[str, dict[int, str]]) -> None:

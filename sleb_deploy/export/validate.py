@@ -3,8 +3,9 @@
 Why a chained check: a graph can match on a single prefill and still be wrong for decode (wrong past
 length arithmetic, rope offsets, mask alignment). We run prefill with left padding at batch > 1, then
 feed the graph's own ``present.*`` back as ``past_key_values.*`` for a few decode steps, and compare
-every step with the HF model driven by its own cache. Only non-padding positions are compared: values
-at padding positions are unspecified (HF and the graph mask them differently, neither uses them).
+every step with the HF model's logits and K/V at the same positions (``Reference``: one HF forward over the
+whole sequence). Only non-padding positions are compared: values at padding positions are unspecified (HF
+and the graph mask them differently, neither uses them).
 """
 
 from __future__ import annotations
@@ -35,47 +36,67 @@ def make_inputs(
     return ids, mask
 
 
-def _cache_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    layer = cache.layers[i]
-    return layer.keys, layer.values
-
-
 def _to_np(t: torch.Tensor) -> np.ndarray:
     out: np.ndarray = t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy()
     return out
 
 
-def _kv_diff(ref: torch.Tensor, got: np.ndarray, mask: np.ndarray) -> float:
-    """Max |diff| over non-padding positions; a sliding-window HF cache may keep only the tail."""
-    ref_np = _to_np(ref).astype(np.float64)
-    n = ref_np.shape[2]
-    got_t = got[:, :, -n:, :].astype(np.float64)
-    valid = mask[:, -n:].astype(bool)[:, None, :, None]
-    return float(np.max(np.abs(np.where(valid, ref_np - got_t, 0.0)))) if n else 0.0
+def checked_sequence(
+    batch: int, prompt_len: int, decode_steps: int, vocab: int, *, left_pad: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` of the whole checked sequence: the prompts (``make_inputs``), then one random token per
+    decode step in every row (the steps' tokens do not depend on the outputs, so they are known up front)."""
+    ids, mask = make_inputs(batch, prompt_len, vocab, left_pad=left_pad)
+    gen = torch.Generator().manual_seed(1)
+    steps = [torch.randint(1, vocab, (batch, 1), generator=gen) for _ in range(decode_steps)]
+    return torch.cat((ids, *steps), dim=1), torch.cat((mask, torch.ones(batch, decode_steps, dtype=torch.long)), 1)
 
 
-def reference_step(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: np.ndarray, cache: Any, got_logits: np.ndarray,
-    learned_positions: bool,
-) -> tuple[Any, float]:
-    """One step of the HF reference on the same inputs as the graph's step: ``(its cache, max |logits diff|)``
-    over the positions that are real tokens (padding rows' logits are not compared)."""
-    with torch.no_grad():
-        ref = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=None if learned_positions else torch.from_numpy(pos),
-            cache=cache,
-            use_cache=True,
-        )
-    ref_logits = _to_np(ref.logits)
-    m_np = mask.numpy()
-    if got_logits.shape[1] == 1 and ref_logits.shape[1] != 1:
-        ref_logits, q_valid = ref_logits[:, -1:], m_np[:, -1:]
-    else:
-        q_valid = m_np[:, -ids.shape[1] :]
-    valid = q_valid.astype(bool)[:, :, None]
-    return ref.cache, float(np.max(np.abs(np.where(valid, ref_logits - got_logits.astype(np.float64), 0.0))))
+class Reference:
+    """The HF model's logits and K/V over the whole checked sequence, from ONE forward.
+
+    By causality the logits and K/V at position p depend on tokens <= p only, so one forward over prompt +
+    decode tokens gives what a prefill and chained decode steps of the HF model would (to fp rounding), at a
+    third of the cost; the graph is still run step by step on its own presents. That matters for big models,
+    whose reference streams every weight from disk per forward (``streamed.offloaded_reference``)."""
+
+    def __init__(self, model: Any, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        cfg = model.config
+        # Learned positions (OPT) come from the mask inside HF's forward, which takes no position_ids for them.
+        learned = get_adapter(str(cfg.model_type)).traits.pos_embed_path is not None
+        self.mask = mask.numpy()
+        pos = contract.position_ids(self.mask, ids.shape[1])
+        with torch.no_grad():
+            ref = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=None if learned else torch.from_numpy(pos),
+                use_cache=True,
+            )
+        self.logits = _to_np(ref.logits)
+        self.cache = ref.cache
+        self.length = ids.shape[1]
+
+    def logits_diff(self, got: np.ndarray, start: int, end: int) -> float:
+        """Max |diff| of a step's logits (positions ``start:end``; a last-logits graph: ``end - 1``) over the
+        positions that are real tokens (padding rows' logits are not compared)."""
+        if got.shape[1] == 1 and end - start != 1:
+            start = end - 1
+        ref, valid = self.logits[:, start:end], self.mask[:, start:end].astype(bool)[:, :, None]
+        return float(np.max(np.abs(np.where(valid, ref - got.astype(np.float64), 0.0))))
+
+    def kv_diff(self, i: int, got: np.ndarray) -> float:
+        """Max |diff| of ``got`` (the graph's K or V of layer ``i // 2`` for positions ``0:got.shape[2]``) over
+        non-padding positions; a sliding-window HF cache may keep only the tail of the sequence."""
+        layer = self.cache.layers[i // 2]
+        ref = _to_np(layer.values if i % 2 else layer.keys).astype(np.float64)
+        first = self.length - ref.shape[2]  # position of the cache's first row
+        lo, hi = max(first, 0), got.shape[2]
+        if hi <= lo:
+            return 0.0
+        diff = ref[:, :, lo - first : hi - first] - got[:, :, lo:hi].astype(np.float64)
+        valid = self.mask[:, lo:hi].astype(bool)[:, None, :, None]
+        return float(np.max(np.abs(np.where(valid, diff, 0.0))))
 
 
 def kv_inputs(sess: Any) -> tuple[Any, int, str]:
@@ -121,8 +142,6 @@ def validate_against_torch(
     """
     ort = require("onnxruntime", "onnx")
     cfg = model.config
-    # Learned positions (OPT) come from the mask inside HF's forward, which takes no position_ids for them.
-    learned_positions = get_adapter(str(cfg.model_type)).traits.pos_embed_path is not None
     options = ort.SessionOptions()
     if lean:
         options.add_session_config_entry("session.disable_prepacking", "1")
@@ -134,35 +153,30 @@ def validate_against_torch(
     first_past, num_layers, np_dtype = kv_inputs(sess)
     n_kv, head_dim = int(first_past.shape[1]), int(first_past.shape[3])
 
-    ids, mask = make_inputs(batch, prompt_len, int(cfg.vocab_size), left_pad=left_pad)
+    all_ids, all_mask = checked_sequence(batch, prompt_len, decode_steps, int(cfg.vocab_size), left_pad=left_pad)
+    reference = Reference(model, all_ids, all_mask)
     past = {n: np.zeros((batch, n_kv, 0, head_dim), dtype=np_dtype) for n in contract.past_names(num_layers)}
-    cache: Any = None
-    cur_ids = ids
     steps: list[dict[str, Any]] = []
     shapes_ok = True
-    gen = torch.Generator().manual_seed(1)
+    start = 0
     for step in range(decode_steps + 1):
-        m_np = mask.numpy()
-        s = cur_ids.shape[1]
-        pos = contract.position_ids(m_np, s)
+        end = prompt_len + step
+        m_np = reference.mask[:, :end]
         feeds: dict[str, np.ndarray] = {
-            contract.INPUT_IDS: cur_ids.numpy().astype(np.int64),
+            contract.INPUT_IDS: all_ids[:, start:end].numpy().astype(np.int64),
             contract.ATTENTION_MASK: m_np.astype(np.int64),
-            contract.POSITION_IDS: pos,
+            contract.POSITION_IDS: contract.position_ids(m_np, end - start),
             **past,
         }
         outs = dict(zip(out_names, sess.run(None, feeds), strict=True))
-        cache, d_logits = reference_step(model, cur_ids, mask, pos, cache, outs[contract.LOGITS], learned_positions)
         d_kv = 0.0
-        present_len = m_np.shape[1]
         presents = contract.present_names(num_layers)
         for i, (past_name, present_name) in enumerate(zip(contract.past_names(num_layers), presents, strict=True)):
             got = outs[present_name]
-            shapes_ok &= got.shape == (batch, n_kv, present_len, head_dim)
-            rk, rv = _cache_kv(cache, i // 2)
-            d_kv = max(d_kv, _kv_diff(rv if i % 2 else rk, got, m_np))
+            shapes_ok &= got.shape == (batch, n_kv, end, head_dim)
+            d_kv = max(d_kv, reference.kv_diff(i, got))
             past[past_name] = got
-        steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": present_len})
-        cur_ids = torch.randint(1, int(cfg.vocab_size), (batch, 1), generator=gen)
-        mask = torch.cat((mask, torch.ones(batch, 1, dtype=torch.long)), dim=1)
+        d_logits = reference.logits_diff(outs[contract.LOGITS], start, end)
+        steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": end})
+        start = end
     return report(steps, shapes_ok)

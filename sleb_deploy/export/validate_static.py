@@ -1,6 +1,7 @@
 """Numerical check of a static-cache graph against the Hugging Face model, as ``validate.validate_against_torch``
 does for the concatenating one: prefill with left padding at batch > 1, then chained decode steps, each step's
-logits and K/V compared with the HF model driven by its own cache over non-padding positions.
+logits and K/V compared with the HF model's at the same positions (``validate.Reference``) over non-padding
+positions.
 
 The buffer is longer than the whole sequence (``extra_slots``), so the check also covers what the
 concatenating check cannot: the rows are written at the right slots, attention ignores the slots not yet
@@ -13,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sleb_deploy import contract
 from sleb_deploy._optional import require
-from sleb_deploy.export.validate import _cache_kv, _kv_diff, kv_inputs, make_inputs, reference_step, report
-from sleb_deploy.models.adapters import get_adapter
+from sleb_deploy.export.validate import Reference, checked_sequence, kv_inputs, report
 
 
 def validate_static_against_torch(
@@ -35,7 +34,6 @@ def validate_static_against_torch(
     ``cache_len``; the buffer has ``prompt_len + decode_steps + extra_slots`` slots unless the graph fixes it."""
     ort = require("onnxruntime", "onnx")
     cfg = model.config
-    learned_positions = get_adapter(str(cfg.model_type)).traits.pos_embed_path is not None
     so = ort.SessionOptions()
     so.log_severity_level = 3  # unaliased buffers: TensorScatter warns, every step, that it copies (harmless here)
     sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
@@ -47,39 +45,34 @@ def validate_static_against_torch(
     if length < needed:
         raise ValueError(f"the graph's {length}-slot buffer is shorter than the {needed} tokens checked")
 
-    ids, mask = make_inputs(batch, prompt_len, int(cfg.vocab_size), left_pad=left_pad)
+    all_ids, all_mask = checked_sequence(batch, prompt_len, decode_steps, int(cfg.vocab_size), left_pad=left_pad)
+    reference = Reference(model, all_ids, all_mask)
     cache_np = {n: np.zeros((batch, n_kv, length, head_dim), dtype=np_dtype) for n in contract.past_names(num_layers)}
     buf_mask = np.zeros((batch, length), dtype=np.int64)
-    cache: Any = None
-    cur_ids, write = ids, 0
     steps: list[dict[str, Any]] = []
     shapes_ok = True
-    gen = torch.Generator().manual_seed(1)
+    write = 0
     for step in range(decode_steps + 1):
-        m_np = mask.numpy()
-        s = cur_ids.shape[1]
-        pos = contract.position_ids(m_np, s)
-        buf_mask[:, : m_np.shape[1]] = m_np
+        end = prompt_len + step
+        m_np = reference.mask[:, :end]
+        buf_mask[:, :end] = m_np
         feeds: dict[str, np.ndarray] = {
-            contract.INPUT_IDS: cur_ids.numpy().astype(np.int64),
+            contract.INPUT_IDS: all_ids[:, write:end].numpy().astype(np.int64),
             contract.ATTENTION_MASK: buf_mask,
-            contract.POSITION_IDS: pos,
+            contract.POSITION_IDS: contract.position_ids(m_np, end - write),
             contract.WRITE_INDICES: np.full(batch, write, dtype=np.int64),
             **cache_np,
         }
         outs = dict(zip(out_names, sess.run(None, feeds), strict=True))
-        cache, d_logits = reference_step(model, cur_ids, mask, pos, cache, outs[contract.LOGITS], learned_positions)
-        write += s
+        d_logits = reference.logits_diff(outs[contract.LOGITS], write, end)
+        write = end
         d_kv = 0.0
         for i, (past_name, present_name) in enumerate(
             zip(contract.past_names(num_layers), contract.present_names(num_layers), strict=True)
         ):
             got = outs[present_name]
             shapes_ok &= got.shape == (batch, n_kv, length, head_dim) and not got[:, :, write:].any()
-            rk, rv = _cache_kv(cache, i // 2)
-            d_kv = max(d_kv, _kv_diff(rv if i % 2 else rk, got[:, :, :write], m_np))
+            d_kv = max(d_kv, reference.kv_diff(i, got[:, :, :write]))
             cache_np[past_name] = got
         steps.append({"step": step, "logits": d_logits, "kv": d_kv, "present_len": write})
-        cur_ids = torch.randint(1, int(cfg.vocab_size), (batch, 1), generator=gen)
-        mask = torch.cat((mask, torch.ones(batch, 1, dtype=torch.long)), dim=1)
     return {**report(steps, shapes_ok), "cache_len": int(length)}

@@ -197,7 +197,8 @@ def test_pipeline_builds_static_engines(
 
     monkeypatch.chdir(tmp_path)
     common = ["export", "--model", str(llama_dir), "--blocks", "2", "--eval-text", str(text_file), "--seq-len", "32",
-              "--eval-windows", "2", "--engines", "tensorrt_rtx", "--kv-cache", "static", "--max-batch", "2"]  # fmt: skip
+              "--eval-windows", "2", "--engines", "tensorrt_rtx", "--kv-cache", "static",
+              "--max-batch", "2"]  # fmt: skip
     bad = runner.invoke(app, [*common, "--max-cache-len", "32", "--max-input-len", "48", "--quiet"])
     assert bad.exit_code == 2 and "exceeds the 32-slot static KV cache buffer" in bad.stderr, bad.stderr
     assert not (tmp_path / "export").exists()

@@ -171,7 +171,7 @@ def test_static_graph_gets_the_generate_model_only(static_exports: dict[str, Pat
 
     static = static_exports["static"]
     for kind in (TritonKind.ONNXRUNTIME, TritonKind.BOTH):
-        with pytest.raises(UserInputError, match="onnxruntime backend cannot serve.*--kind generate"):
+        with pytest.raises(UserInputError, match=r"onnxruntime backend cannot serve.*--kind generate"):
             write_onnx_triton_repository(static, tmp_path / "repo", TritonConfig(kind=kind))
     assert not (tmp_path / "repo").exists()
     result = CliRunner().invoke(app, ["triton", str(static), "--out", str(tmp_path / "repo")])

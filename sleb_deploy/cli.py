@@ -101,6 +101,13 @@ LastLogitsOnly = Annotated[
         help="logits for the last position only: prefill skips the vocabulary head for the other prompt tokens"
     ),
 ]
+KvCacheOpt = Annotated[
+    KvCache,
+    typer.Option(
+        help="KV-cache contract: concat (Optimum's, present = concat(past, new)) or static (preallocated "
+        "buffers updated in place, opset 24; see engines/README.md)"
+    ),
+]
 MaxBatchOpt = Annotated[int, typer.Option(help="largest batch of both engine profiles")]
 OptBatchOpt = Annotated[int | None, typer.Option(help="batch TensorRT tunes for [default: max batch]")]
 MaxInputOpt = Annotated[int, typer.Option(help="longest prompt (engine prefill profile)")]
@@ -293,13 +300,7 @@ def onnx_cmd(
     external_data: Annotated[
         bool | None, typer.Option(help="weights in model.onnx_data [default: only over 2 GiB]")
     ] = E.external_data,
-    kv_cache: Annotated[
-        KvCache,
-        typer.Option(
-            help="KV-cache contract: concat (Optimum's, present = concat(past, new)) or static (preallocated "
-            "buffers updated in place, opset 24; see engines/README.md)"
-        ),
-    ] = KV_CACHE,
+    kv_cache: KvCacheOpt = KV_CACHE,
     max_cache_len: Annotated[
         int | None,
         typer.Option(help="static cache: fix the buffer length in the graph (TensorRT) [default: symbolic]"),
@@ -353,6 +354,14 @@ def export_cmd(
     dtype: GraphDtypeOpt = GRAPH_DTYPE,
     variant: VariantOpt = VARIANT,
     last_logits_only: LastLogitsOnly = E.last_logits_only,
+    kv_cache: KvCacheOpt = KV_CACHE,
+    max_cache_len: Annotated[
+        int | None,
+        typer.Option(
+            help="static cache: fix the buffer length in both graphs [default: symbolic; --max-context-len when "
+            "engines are built]"
+        ),
+    ] = E.max_cache_len,
     engines: Annotated[
         EngineBackend,
         typer.Option(help="engine builder (auto: tensorrt, else tensorrt_rtx, else none)"),
@@ -374,7 +383,8 @@ def export_cmd(
         prune=PruneConfig(model=model, calib=calib, windows=windows, seq_len=seq_len, remove=remove, ratio=ratio,
                           metric=metric.value, blocks=_blocks(blocks), eval_text=eval_text,
                           eval_windows=eval_windows, window_bos=window_bos.value, device=device),
-        export=ExportConfig(dtype=dtype.value, variant=variant.value, last_logits_only=last_logits_only),
+        export=ExportConfig(dtype=dtype.value, variant=variant.value, last_logits_only=last_logits_only,
+                            kv_cache=kv_cache.value, max_cache_len=max_cache_len),
         build=_build_config(max_batch, opt_batch, max_input_len, max_context_len, opt_level, workspace_mib),
         name=name, pruned_checkpoint=pruned, engines=engines.value, force=force,
     )  # fmt: skip

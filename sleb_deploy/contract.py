@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from sleb_deploy.errors import UserInputError
+
 BATCH, SEQ, PAST = "batch_size", "sequence_length", "past_sequence_length"
 TOTAL = f"{PAST} + {SEQ}"
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
@@ -149,6 +151,74 @@ def greedy_concat_loop(
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
         pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
     return np.concatenate(out, axis=1)
+
+
+def greedy_static_loop(
+    step: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    max_new_tokens: int,
+    cache_len: int,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    last_logits_only: bool = False,
+) -> np.ndarray:
+    """The static-cache contract's greedy host loop, whatever runs the graph: prompt + new tokens ``[B, P + n]``.
+
+    ``step(ids, mask, pos, write_indices, at)`` runs one forward over the new tokens ``ids`` with a buffer
+    mask ``[B, cache_len]``, writing their K/V into its own ``cache_len``-slot buffers in place at
+    ``write_indices``, and returns the logits ``[B, V]`` of position ``at[b]`` of each row (0 for a
+    last-logits-only graph). Prompts may be padded left or right: row b continues right after its last prompt
+    token (its padding slots are overwritten) and its first new token comes from that token's logits. Every
+    request the buffers cannot hold is refused (``UserInputError``) before ``step`` is called.
+    """
+    ids = np.asarray(input_ids, dtype=np.int64)
+    mask = np.asarray(attention_mask, dtype=np.int64)
+    batch, prompt = ids.shape
+    if mask.shape != ids.shape:
+        raise UserInputError(f"attention_mask {mask.shape} must have the shape of input_ids {ids.shape}")
+    if not mask.any(axis=1).all():
+        raise UserInputError("every prompt needs at least one token (a row of attention_mask is all zeros)")
+    needed = static_slots(prompt, max_new_tokens)
+    if cache_len < needed:
+        raise UserInputError(
+            f"the KV cache buffer has {cache_len} slots, fewer than the {needed} this call writes "
+            f"(prompt {prompt} + {max_new_tokens} new tokens - 1): raise max_cache_len or shorten the request"
+        )
+    last = prompt - 1 - np.argmax(mask[:, ::-1], axis=1)  # each row's last prompt token (prompt - 1: left padding)
+    if last_logits_only and (last != prompt - 1).any():
+        raise UserInputError("a --last-logits-only graph gives the last position's logits only: pad prompts left")
+    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    buf_mask = np.zeros((batch, cache_len), dtype=np.int64)
+    buf_mask[:, :prompt] = mask
+    write = np.zeros(batch, dtype=np.int64)
+    cur, pos = ids, position_ids(mask, prompt)
+    next_pos = mask.sum(axis=1)
+    out = [ids]
+    done = np.zeros(batch, dtype=bool)
+    rows = np.arange(batch)
+    for k in range(max_new_tokens):
+        at = last - write if k == 0 and not last_logits_only else np.zeros(batch, dtype=np.int64)
+        logits = step(cur, buf_mask, pos, write, at)
+        nxt = np.where(done, fill, logits.argmax(axis=-1).astype(np.int64))
+        out.append(nxt[:, None])
+        if eos_token_id is not None:
+            done |= nxt == eos_token_id
+            if done.all():
+                break
+        if k == max_new_tokens - 1:
+            break
+        write = last + 1 if k == 0 else write + 1
+        buf_mask[rows, write] = 1
+        cur, pos = nxt[:, None], next_pos[:, None]
+        next_pos = next_pos + 1
+    return np.concatenate(out, axis=1)
+
+
+def static_slots(prompt_len: int, max_new_tokens: int) -> int:
+    """Buffer slots a static-cache generation writes: the prompt and every new token but the last (which is
+    returned, never fed back)."""
+    return prompt_len + max(max_new_tokens - 1, 0)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ engines when asked and a TensorRT module is importable. Workspace layout, relati
 
 Every target is checked before any work starts, so a run that would collide fails in a second, not after
 the pruning.
+
+Both exports speak the KV-cache contract of ``cfg.export`` (``--kv-cache``). A static-cache graph builds into
+a TensorRT engine only with a fixed buffer length (``engines/build.py``: TensorRT's ``KVCacheUpdate`` needs a
+static sequence dimension), so when engines are built and ``--max-cache-len`` is not given, the buffers are
+fixed at the build's ``max_context_len`` (the context the engines are built to serve) and the run says so.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sleb_deploy import contract
 from sleb_deploy.artifacts import check_writable_target
 from sleb_deploy.config import EngineBackend, ExportConfig, PruneConfig
 from sleb_deploy.engines.profiles import BuildConfig
-from sleb_deploy.errors import ArtifactError
+from sleb_deploy.errors import ArtifactError, UserInputError
 from sleb_deploy.export.manifest import ExportManifest
 from sleb_deploy.prune.manifest import SlebManifest
 
@@ -92,7 +98,8 @@ def run_pipeline(
     hf_pruned = ws / "hf-pruned"
     dense_out, pruned_out = ws / "dense", ws / "pruned"
     backend = resolve_backend(cfg.engines)
-    cfg.build.resolved()  # bad engine options fail now, not after the exports
+    build = cfg.build.resolved()  # bad engine options fail now, not after the exports
+    export_cfg = _export_config(cfg, backend is not None, build, notify)
     for target in (dense_out, pruned_out):
         check_writable_target(target, cfg.force)
     if backend is not None:
@@ -116,14 +123,13 @@ def run_pipeline(
         pruned_src = hf_pruned
         notify(f"removed blocks {pruning.removal_order}")
 
-    export_cfg = ExportConfig(**{**cfg.export.__dict__, "force": cfg.force})
     dense_model = pruning.model.reference  # the alias or hub id stays one in the dense export.json
     notify(f"exporting dense {dense_model} -> {dense_out}")
     dense = export_checkpoint(dense_model, dense_out, export_cfg)
     notify(f"exporting pruned {pruned_src} -> {pruned_out}")
     pruned = export_checkpoint(str(pruned_src), pruned_out, export_cfg)
 
-    engines: dict[str, Any] = {"backend": backend}
+    engines: dict[str, Any] = {"backend": backend, "kv_cache": export_cfg.kv_cache}
     if backend is None:
         engines["note"] = (
             "no TensorRT module: engines not built (pip install 'sleb-deploy[trt]' on an NVIDIA GPU machine, "
@@ -132,6 +138,29 @@ def run_pipeline(
     else:
         engines.update(_build_engines(cfg, name, backend, notify))
     return PipelineResult(ws.absolute(), pruning, dense, pruned, engines)
+
+
+def _export_config(cfg: PipelineConfig, engines: bool, build: BuildConfig, notify: Notify) -> ExportConfig:
+    """The export options of both graphs, checked before any work (a bad ``--kv-cache`` combination fails in
+    a second, not after the pruning); a static graph headed for TensorRT gets a fixed buffer length."""
+    from sleb_deploy.export.onnx_graph import check_kv_cache
+
+    export_cfg = ExportConfig(**{**cfg.export.__dict__, "force": cfg.force})
+    check_kv_cache(export_cfg.kv_cache, export_cfg.variant, export_cfg.max_cache_len)
+    if export_cfg.kv_cache != contract.STATIC or not engines:
+        return export_cfg
+    if export_cfg.max_cache_len is None:
+        export_cfg.max_cache_len = build.max_context_len
+        notify(
+            f"static KV cache: buffers fixed at {build.max_context_len} slots (--max-context-len) so TensorRT can "
+            "build them; pass --max-cache-len to choose another length"
+        )
+    if build.max_input_len > export_cfg.max_cache_len:
+        raise UserInputError(
+            f"--max-input-len {build.max_input_len} exceeds the {export_cfg.max_cache_len}-slot static KV cache "
+            "buffer: lower --max-input-len or raise --max-cache-len"
+        )
+    return export_cfg
 
 
 def _build_engines(cfg: PipelineConfig, name: str, backend: str, notify: Notify) -> dict[str, Any]:

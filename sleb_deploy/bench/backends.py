@@ -37,11 +37,16 @@ TENSORRT_NOTE = (
 class Runner(Protocol):
     """One loaded variant. ``prefill``/``decode`` return when the step is complete on the device. A runner
     whose engine has limits also has ``max_batch``, ``max_input_len`` and ``max_context_len`` (read from its
-    ``engine.json``; cells over them are skipped with a note)."""
+    ``engine.json``; cells over them are skipped with a note); one that drives a static-cache graph or engine
+    has ``max_cache_len`` (its fixed buffer length, None when the graph leaves it symbolic). ``reserve`` is
+    called before each cell with its batch and context (prompt + new tokens): a static-cache runner makes its
+    buffers there, outside the clock."""
 
     variant: str
     blocks: int
     load_s: float
+
+    def reserve(self, batch: int, context: int) -> None: ...
 
     def prefill(self, ids: np.ndarray) -> None: ...
 

@@ -181,6 +181,7 @@ def check_harness(
 
     if not isinstance(runner, OrtRunner):
         raise TypeError("the harness check compares ONNX Runtime steps")
+    runner.reserve(int(ids.shape[0]), int(ids.shape[1]) + 1)
     runner.prefill(ids)
     feeds = runner.bare_feeds()
     session = runner.session

@@ -17,6 +17,14 @@ It speaks the graph contract exactly as ``OrtGenerator`` does (names and positio
 
 ``step(commit=False)`` runs a decode step without advancing the state: the harness check times it against a
 bare ``session.run`` on the same inputs.
+
+A static-cache graph (``--kv-cache static``; engines/README.md section 5c) is driven as ``OrtGenerator`` drives
+it: one ``OrtValue`` per layer buffer, on the KV device, bound as the past input *and* the present output of
+the same name (``TensorScatter`` writes in place, no copy of the cache per step), the mask over the whole
+buffer and ``write_indices`` at the current length. ``reserve(batch, context)`` (the sweep calls it before each
+cell) makes the buffers: ``context`` slots (the cell's prompt + new tokens) for a graph whose buffer length is
+symbolic, the graph's own ``max_cache_len`` when the export fixed it (a cell that writes more is skipped).
+The timed steps then allocate nothing for the cache.
 """
 
 from __future__ import annotations
@@ -95,6 +103,11 @@ class OrtRunner:
         self.head_dim = int(past[0].shape[3])
         self.vocab = int(logits.shape[2])
         self.last_only = logits.shape[1] == 1  # a --last-logits-only graph: logits [batch, 1, vocab]
+        names = {i.name for i in self.session.get_inputs()}
+        self.kv_cache = contract.STATIC if contract.WRITE_INDICES in names else contract.CONCAT
+        fixed = past[0].shape[2]
+        self.max_cache_len = int(fixed) if self.kv_cache == contract.STATIC and isinstance(fixed, int) else None
+        self._ort = ort
         self._native = require("onnxruntime.capi._pybind_state", "onnx")
         self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
         self._kv_device = ort.OrtDevice.make(device, 0)._get_c_device()
@@ -102,6 +115,27 @@ class OrtRunner:
         self._past: list[Any] = []
         self._length = 0
         self._tokens: list[np.ndarray] = []
+        self._cache: list[Any] = []  # static: the aliased buffers (OrtValues), made by reserve()
+        self._cache_shape: tuple[int, ...] = ()
+        self._mask = np.zeros((0, 0), dtype=np.int64)  # static: the mask over the buffer
+
+    def reserve(self, batch: int, context: int) -> None:
+        """Static graphs: zeroed buffers for ``batch`` rows and ``context`` slots (the graph's fixed length if it
+        has one); kept while the shape stays. Concatenating graphs grow their cache per step: nothing to do."""
+        if self.kv_cache != contract.STATIC:
+            return
+        length = self.max_cache_len if self.max_cache_len is not None else context
+        shape = (batch, self.num_kv_heads, length, self.head_dim)
+        if shape == self._cache_shape:
+            return
+        self._cache, self._cache_shape = [], ()
+        # One array each, and the Python OrtValues kept: on the CPU an OrtValue made from numpy uses the array's
+        # memory, which lives only as long as the wrapper holds it.
+        self._cache = [
+            self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=self.kv_dtype), self.device, 0)
+            for _ in self.past_names
+        ]
+        self._cache_shape = shape
 
     # --- one forward ------------------------------------------------------------------------------------
 
@@ -127,8 +161,7 @@ class OrtRunner:
                 binding.bind_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        logits = self._logits_buffer((batch, 1 if self.last_only else seq, self.vocab))
-        binding.bind_output(contract.LOGITS, self._cpu, self.logits_dtype.type, list(logits.shape), logits.ctypes.data)
+        logits = self._bind_logits(binding, batch, seq)
         for name in self.present_names:
             binding.bind_output(name, self._kv_device)
         self.session._sess.run_with_iobinding(binding, None)
@@ -136,21 +169,68 @@ class OrtRunner:
         presents = [outs[i] for i in range(1, len(outs))]
         return logits[:, -1, :].argmax(axis=-1).astype(np.int64), presents
 
+    def _bind_logits(self, binding: Any, batch: int, seq: int) -> np.ndarray:
+        logits = self._logits_buffer((batch, 1 if self.last_only else seq, self.vocab))
+        binding.bind_output(contract.LOGITS, self._cpu, self.logits_dtype.type, list(logits.shape), logits.ctypes.data)
+        return logits
+
+    def _static_inputs(self, ids: np.ndarray, write: int) -> dict[str, np.ndarray]:
+        """The token inputs of a static step writing ``ids`` at slot ``write`` (the mask is the runner's own)."""
+        batch, seq = ids.shape
+        return {
+            contract.INPUT_IDS: ids,
+            contract.ATTENTION_MASK: self._mask,
+            contract.POSITION_IDS: np.ascontiguousarray(np.broadcast_to(np.arange(write, write + seq), (batch, seq))),
+            contract.WRITE_INDICES: np.full(batch, write, dtype=np.int64),
+        }
+
+    def _forward_static(self, ids: np.ndarray, write: int) -> np.ndarray:
+        """One static step: ``ids`` written at slot ``write`` of the aliased buffers; returns the next tokens."""
+        batch, seq = ids.shape
+        if self._cache_shape[:1] != (batch,) or write + seq > self._cache_shape[2]:
+            have = f"{self._cache_shape[0]} rows x {self._cache_shape[2]} slots" if self._cache_shape else "none"
+            raise RuntimeError(
+                f"static KV cache buffers ({have}) do not hold {batch} rows writing slots up to {write + seq}: "
+                "call reserve(batch, context) first"
+            )
+        self._mask[:, write : write + seq] = 1
+        binding = self._native.SessionIOBinding(self.session._sess)
+        feeds = self._static_inputs(ids, write)  # kept until the run: bind_input uses the arrays' memory
+        for name, value in feeds.items():
+            binding.bind_input(name, value)
+        logits = self._bind_logits(binding, batch, seq)
+        for past, present, value in zip(self.past_names, self.present_names, self._cache, strict=True):
+            binding.bind_ortvalue_input(past, value._ortvalue)
+            binding.bind_ortvalue_output(present, value._ortvalue)  # one OrtValue: TensorScatter writes in place
+        self.session._sess.run_with_iobinding(binding, None)
+        out: np.ndarray = logits[:, -1, :].argmax(axis=-1).astype(np.int64)
+        return out
+
     # --- the timed calls ----------------------------------------------------------------------------------
 
     def prefill(self, ids: np.ndarray) -> None:
         """Run the prompt ``[batch, prompt_len]`` (no padding) and pick the first new token."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        empty = np.zeros((ids.shape[0], self.num_kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-        nxt, self._past = self._forward(ids, [empty] * len(self.past_names), ids.shape[1])
+        if self.kv_cache == contract.STATIC:
+            if self._cache_shape:
+                self._mask = np.zeros((ids.shape[0], self._cache_shape[2]), dtype=np.int64)
+            nxt = self._forward_static(ids, 0)
+        else:
+            empty = np.zeros((ids.shape[0], self.num_kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
+            nxt, self._past = self._forward(ids, [empty] * len(self.past_names), ids.shape[1])
         self._length = ids.shape[1]
         self._tokens = [nxt]
 
     def step(self, commit: bool = True) -> None:
-        """One decode step from the current state; ``commit=False`` leaves the state as it was."""
-        nxt, presents = self._forward(self._tokens[-1][:, None], self._past, self._length + 1)
+        """One decode step from the current state; ``commit=False`` leaves the state as it was (static graphs:
+        the step writes the slot the next committed step writes again, and marks it in the mask)."""
+        if self.kv_cache == contract.STATIC:
+            nxt = self._forward_static(self._tokens[-1][:, None], self._length)
+        else:
+            nxt, presents = self._forward(self._tokens[-1][:, None], self._past, self._length + 1)
         if commit:
-            self._past = presents
+            if self.kv_cache != contract.STATIC:
+                self._past = presents
             self._length += 1
             self._tokens.append(nxt)
 
@@ -163,6 +243,12 @@ class OrtRunner:
 
     def bare_feeds(self) -> dict[str, np.ndarray]:
         """The current decode step's inputs as plain numpy feeds (for the bare ``session.run`` comparison)."""
+        if self.kv_cache == contract.STATIC:  # copies of the buffers: session.run cannot alias them
+            feeds = self._static_inputs(self._tokens[-1][:, None].copy(), self._length)
+            feeds[contract.ATTENTION_MASK] = self._mask.copy()
+            feeds[contract.ATTENTION_MASK][:, self._length] = 1
+            feeds.update({name: value.numpy() for name, value in zip(self.past_names, self._cache, strict=True)})
+            return feeds
         batch = self._tokens[-1].shape[0]
         mask = np.ones((batch, self._length + 1), dtype=np.int64)
         feeds = {
@@ -176,5 +262,6 @@ class OrtRunner:
 
     def close(self) -> None:
         self._past = []
+        self._cache, self._cache_shape = [], ()
         self._buffers.clear()
         self.session = None

@@ -80,6 +80,15 @@ def _cells(m: BenchManifest) -> list[tuple[str, str, int]]:
     return list(seen)
 
 
+def _kv_contract(models: dict[str, Any]) -> str:
+    """The graphs' KV-cache contract in words (a bench.json from before the static contract: concatenating)."""
+    if models.get("kv_cache", "concat") != "static":
+        return "concatenating KV cache (present = concat(past, new))"
+    length = models.get("max_cache_len")
+    size = f"{length} slots" if length is not None else "sized to each cell's prompt + new tokens"
+    return f"static KV cache (buffers updated in place, {size})"
+
+
 def markdown(m: BenchManifest, plots: list[str]) -> str:
     models, q, env = m.models, m.quality, m.environment
     out = [f"# sleb-deploy bench: {m.name}", ""]
@@ -88,7 +97,7 @@ def markdown(m: BenchManifest, plots: list[str]) -> str:
     out += [
         f"Workspace `{m.workspace}`: dense {models.get('dense_blocks')} blocks, pruned "
         f"{models.get('pruned_blocks')} (removed {models.get('removal_order')}); graphs {models.get('dtype')} "
-        f"{models.get('variant')}, last-logits-only {models.get('last_logits_only')}. "
+        f"{models.get('variant')}, last-logits-only {models.get('last_logits_only')}, {_kv_contract(models)}. "
         "Figures, not assertions: written by `sleb-deploy bench`, redrawn by `sleb-deploy report bench.json`.",
         "",
     ]

@@ -100,6 +100,8 @@ def run_bench(
                 "dtype": ws.graph.dtype,
                 "variant": ws.graph.variant,
                 "last_logits_only": ws.graph.last_logits_only,
+                "kv_cache": ws.graph.kv_cache,
+                "max_cache_len": ws.graph.max_cache_len,
                 "model": ws.model_source.spec,
             },
             quality=quality(ws.sleb),

@@ -6,13 +6,15 @@ the variants are interleaved round by round (``harness.measure_cell``).
 
 A cell is skipped, with the reason in its records, when the context is over the model's
 ``max_position_embeddings``, when the batch is over a runner's ``max_batch`` (an engine built for fewer),
-when the estimated memory (KV caches of the loaded variants + logits) is over what the device has free, or
-when the runtime fails to allocate; the sweep goes on with the next cell. The results accumulate in
+when it writes more KV slots than a static-cache graph's fixed buffer holds (``max_cache_len``), when the
+estimated memory (KV caches of the loaded variants + logits) is over what the device has free, or when the
+runtime fails to allocate; the sweep goes on with the next cell. The results accumulate in
 ``Sweep.records`` as they are measured, so an interrupted sweep still has them.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +27,7 @@ from sleb_deploy.bench.harness import Clock, cell_records, check_harness, measur
 from sleb_deploy.bench.ort_runner import BackendUnavailable, pool_threads
 from sleb_deploy.bench.records import PHASES, BackendRun, BenchConfig, HarnessCheck, Record, Row
 from sleb_deploy.bench.workspace import PROBE, Variant, Workspace
+from sleb_deploy.contract import CONCAT, STATIC, static_slots
 
 # on_progress(done, total, what): cells finished so far
 Progress = Callable[[int, int, str], None]
@@ -39,16 +42,27 @@ def _looks_like_oom(err: BaseException) -> bool:
 
 def estimate_mb(graph: Any, blocks: list[int], batch: int, row: Row) -> float:
     """Memory a cell needs beyond the weights: every loaded variant's KV cache at full length (each keeps
-    its last cache until its next prefill) and three prefill-sized logits tensors (output, arena, argmax)."""
+    its last cache until its next prefill; a static graph with a fixed buffer: that buffer) and three
+    prefill-sized logits tensors (output, arena, argmax)."""
     itemsize = 2 if graph.dtype in ("fp16", "bf16") else 4
-    per_block = 2 * batch * graph.num_kv_heads * (row.prompt_len + row.new_tokens) * graph.head_dim * itemsize
+    fixed = graph.max_cache_len if getattr(graph, "kv_cache", CONCAT) == STATIC else None
+    length = fixed if fixed is not None else row.prompt_len + row.new_tokens
+    per_block = 2 * batch * graph.num_kv_heads * length * graph.head_dim * itemsize
     positions = 1 if graph.last_logits_only else row.prompt_len
     logits = batch * positions * graph.vocab_size * 4
     return (sum(blocks) * per_block + 3 * logits) / 1024**2
 
 
 def _over_engine_limits(runners: dict[str, Runner], batch: int, row: Row) -> str | None:
-    """Why a cell is over the limits an engine was built with (its ``engine.json``), or None when it fits."""
+    """Why a cell is over the limits an engine was built with (its ``engine.json``) or a static graph's fixed
+    KV cache buffer, or None when it fits."""
+    buffers = [m for r in runners.values() if (m := getattr(r, "max_cache_len", None)) is not None]
+    slots = static_slots(row.prompt_len, row.new_tokens)
+    if buffers and slots > min(buffers):
+        return (
+            f"prompt + new tokens - 1 = {slots} slots, over the static graph's {min(buffers)}-slot KV cache buffer "
+            "(export with a larger --max-cache-len)"
+        )
     checks = (
         ("max_batch", batch, "batch", "--max-batch"),
         ("max_input_len", row.prompt_len, "prompt length", "--max-input-len"),
@@ -134,9 +148,10 @@ class Sweep:
         if backend.framework == "ort":
             run.threads = pool_threads()
         try:
-            if self.cfg.harness_check and backend.key == "ort-cpu" and self.harness is None:
+            first = next(iter(runners.values()))
+            fits = static_slots(self.rows[0].prompt_len, 2) <= (getattr(first, "max_cache_len", None) or sys.maxsize)
+            if self.cfg.harness_check and backend.key == "ort-cpu" and self.harness is None and fits:
                 self.on_progress(self._done, self._total, f"{backend.key} harness check")
-                first = next(iter(runners.values()))
                 ids = self.prompts[:1, : self.rows[0].prompt_len]
                 self.harness = check_harness(first, ids, HARNESS_CHECK_ROUNDS, backend.key, self.clock)
             for row in self.rows:
@@ -175,6 +190,8 @@ class Sweep:
             return self._skip(backend, runners, row, batch, note)
         ids = self.prompts[:batch, : row.prompt_len]
         try:
+            for runner in runners.values():
+                runner.reserve(batch, row.prompt_len + row.new_tokens)
             times = measure_cell(
                 backend, runners, ids, row.new_tokens, self.cfg.warmup, self.cfg.seconds_per_cell,
                 self.cfg.min_reps, self.cfg.max_reps, self.clock,

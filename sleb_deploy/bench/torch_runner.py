@@ -71,6 +71,9 @@ class TorchRunner:
         self._length = total
         self._sync()
 
+    def reserve(self, batch: int, context: int) -> None:
+        """Nothing to allocate ahead: the model's default cache grows per step, as in HF generate."""
+
     def prefill(self, ids: np.ndarray) -> None:
         self._cache = None
         self._tokens = []

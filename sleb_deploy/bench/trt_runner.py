@@ -5,6 +5,11 @@ from its ``engine.json`` (``max_batch``, ``max_input_len``, ``max_context_len``)
 the runner and skips, with a note naming the build option, every cell the engine was not built for. Prompts
 are unpadded, as in every runner; ``prefill``/``decode`` return when the next token is on the host, so the
 caller's clock brackets the whole step.
+
+A static-cache engine (``engine.json``: ``build_options.kv_cache`` = ``"static"``) runs through
+``TrtEngine.forward_static``: its aliased buffers hold ``max_cache_len`` slots, the runner's ``max_cache_len``
+(the sweep skips a cell that writes more, naming ``--max-cache-len``), and each step binds the mask over the
+whole buffer and the write position, as ``ort_runner`` does for ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -30,19 +35,33 @@ class TrtRunner:
         self.blocks = self.engine.num_layers
         self.load_s = self.engine.load_s
         limits = self.engine.limits
-        self.max_batch, self.max_input_len, self.max_context_len = (
-            limits.max_batch, limits.max_input_len, limits.max_context_len,
-        )  # fmt: skip
+        self.kv_cache = self.engine.kv_cache
+        self.max_cache_len = limits.max_cache_len  # static: the buffer; None: the concatenating contract
+        self.max_batch, self.max_input_len = limits.max_batch, limits.max_input_len
+        self.max_context_len = None if self.max_cache_len is not None else limits.max_context_len
         self._length = 0
         self._tokens: list[np.ndarray] = []
+        self._mask = np.zeros((0, 0), dtype=np.int64)
+
+    def reserve(self, batch: int, context: int) -> None:
+        """Nothing to allocate: the engine's buffers are made at load for its max batch and context."""
 
     def _forward(self, ids: np.ndarray, past_len: int) -> np.ndarray:
         eng = self.engine
         batch, seq = ids.shape
-        mask = np.ones((batch, past_len + seq), dtype=np.int64)
-        logits = eng.forward(
-            eng.to_device(ids), eng.to_device(mask), eng.to_device(contract.position_ids(mask, seq)), past_len
-        )
+        if self.max_cache_len is not None:  # static: write at past_len, the mask covers the buffer
+            if past_len == 0:
+                self._mask = np.zeros((batch, self.max_cache_len), dtype=np.int64)
+            self._mask[:, past_len : past_len + seq] = 1
+            pos = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq))
+            write = np.full(batch, past_len, dtype=np.int64)
+            dev = eng.to_device
+            logits = eng.forward_static(dev(ids), dev(self._mask), dev(pos), dev(write), prefill=past_len == 0)
+        else:
+            mask = np.ones((batch, past_len + seq), dtype=np.int64)
+            logits = eng.forward(
+                eng.to_device(ids), eng.to_device(mask), eng.to_device(contract.position_ids(mask, seq)), past_len
+            )
         out: np.ndarray = logits[:, -1, :].argmax(dim=-1).cpu().numpy().astype(np.int64)  # waits for the step
         return out
 

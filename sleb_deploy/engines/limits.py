@@ -27,11 +27,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class EngineLimits:
     """The shapes an engine accepts: prefill up to ``max_input_len`` tokens, decode up to ``max_context_len``
-    tokens of past + new, both up to ``max_batch`` rows."""
+    tokens of past + new, both up to ``max_batch`` rows. A static-cache engine (``max_cache_len`` set) holds
+    its context in buffers of that many slots instead: a request fits when it writes no more slots
+    (``contract.static_slots``), and ``max_context_len`` is the same number."""
 
     max_batch: int
     max_input_len: int
     max_context_len: int
+    max_cache_len: int | None = None
 
     @classmethod
     def from_manifest(cls, manifest: EngineManifest) -> EngineLimits:
@@ -42,10 +45,13 @@ class EngineLimits:
                 "rebuild the engine with `sleb-deploy build`"
             )
         prefill, decode = by_name["prefill"], by_name["decode"]
+        cache_len = manifest.build_options.get("max_cache_len")
+        static = manifest.build_options.get("kv_cache", contract.CONCAT) == contract.STATIC
         return cls(
             max_batch=min(int(prefill[contract.INPUT_IDS]["max"][0]), int(decode[contract.INPUT_IDS]["max"][0])),
             max_input_len=int(prefill[contract.INPUT_IDS]["max"][1]),
             max_context_len=int(decode[contract.ATTENTION_MASK]["max"][1]),
+            max_cache_len=int(cache_len) if static and cache_len is not None else None,
         )
 
     def check_request(self, batch: int, prompt_len: int, new_tokens: int) -> None:
@@ -60,6 +66,14 @@ class EngineLimits:
                 f"the prompt has {prompt_len} tokens, over the engine's max input length of {self.max_input_len}: "
                 "shorten it or rebuild with a larger --max-input-len"
             )
+        if self.max_cache_len is not None:
+            slots = contract.static_slots(prompt_len, new_tokens)
+            if slots > self.max_cache_len:
+                raise UserInputError(
+                    f"prompt + new tokens - 1 = {slots} slots, over the engine's {self.max_cache_len}-slot KV cache "
+                    "buffer: ask for fewer new tokens, or export with a larger --max-cache-len and rebuild"
+                )
+            return
         if prompt_len + new_tokens > self.max_context_len:
             raise UserInputError(
                 f"prompt + new tokens = {prompt_len + new_tokens}, over the engine's max context of "

@@ -10,6 +10,10 @@ set of optimization profiles available to this instance group"). One group per p
 requests to prefill-only instances, outside their profile. The KV-cache loop stays with the client or an
 ensemble (see engines/README.md). Nothing here needs TensorRT or Triton: it is text from the manifest, and
 the tests parse it into Triton's ``ModelConfig`` protobuf.
+
+A static-cache engine (``build_options.kv_cache`` = ``"static"``) is refused: its ``KVCacheUpdate`` layers need
+each present bound at its past's address, kept across steps, and Triton's TensorRT backend fills buffers of its
+own from each request and returns the outputs in the response (engines/README.md section 6).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from sleb_deploy import contract
 from sleb_deploy.artifacts import staged_dir
 from sleb_deploy.engines.build import EngineManifest
-from sleb_deploy.errors import ArtifactError
+from sleb_deploy.errors import ArtifactError, UserInputError
 
 
 def config_pbtxt(manifest: EngineManifest, name: str) -> str:
@@ -56,6 +60,12 @@ def write_triton_repository(engine_dir: Path, repo_dir: Path, name: str = "model
     """Create ``repo_dir/name`` (config + plan, hard-linked when possible); returns that directory."""
     engine_dir = Path(engine_dir)
     manifest = EngineManifest.read(engine_dir)
+    if manifest.build_options.get("kv_cache", contract.CONCAT) == contract.STATIC:
+        raise UserInputError(
+            f"{engine_dir} is a static KV-cache engine, which Triton's TensorRT backend cannot serve: its present "
+            "outputs must stay at their past inputs' addresses across steps; serve the ONNX export with "
+            "`sleb-deploy triton --kind generate` or run the engine in a host (engines/README.md section 5c)"
+        )
     plan = engine_dir / manifest.plan
     if not plan.is_file():
         raise ArtifactError(f"{plan} not found: {engine_dir} is not a complete engine directory")

@@ -12,6 +12,11 @@ padded: rows are re-packed to the left, which is what the graph's position rule 
 round trip instead of one per token; the KV cache never leaves the server process. Requests are not merged
 with each other: each is its own batch (see engines/README.md, "what the batcher can batch").
 
+Both KV-cache contracts run here, as ``OrtGenerator`` runs them (engines/README.md section 5c): a static-cache
+graph gets fresh buffers per request, ``prompt + max_new_tokens`` slots long (or the graph's fixed
+``max_cache_len``), bound in place; a request its fixed buffer cannot hold gets an error response naming the
+limit, like every other refused request.
+
 ``Generation`` is plain Python (numpy, onnxruntime): the tests drive it without a server, and
 ``TritonPythonModel`` is the thin Triton wrapper around it. The wrapper's ``triton_python_backend_utils``
 exists only inside the python backend's stub process.
@@ -26,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from sleb_deploy.errors import UserInputError
 from sleb_deploy.export.ort_generate import OrtGenerator
 
 # The generate model's tensors: (name, Triton type, dims, optional). Written into config.pbtxt by the
@@ -172,7 +178,10 @@ class Generation:
         ids, mask = left_pad(input_ids, attention_mask, self.pad)
         n = self.settings.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         self.check(ids, n)
-        out = self.generator.generate(ids, mask, n, eos_token_id=self.eos, pad_token_id=self.pad)
+        try:
+            out = self.generator.generate(ids, mask, n, eos_token_id=self.eos, pad_token_id=self.pad)
+        except UserInputError as err:  # e.g. a static graph's fixed buffer too short: refused before running
+            raise GenerateRequestError(str(err)) from None
         new = out[:, ids.shape[1] :]
         lengths = np.full(new.shape[0], new.shape[1], dtype=np.int32)
         if self.eos is not None:

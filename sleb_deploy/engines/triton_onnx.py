@@ -14,6 +14,15 @@ is explicit and a cache at one past length cannot be merged with another (engine
 outputs come from ``export.json``'s ``GraphSpec`` through ``contract`` (names, axes, element types). No
 registry here has Triton's onnxruntime backend, so that config is checked by parsing it into Triton's
 ``ModelConfig`` and against the graph's own inputs; the ``generate`` model runs in a real server in the tests.
+
+A static-cache graph (``--kv-cache static``) gets the ``generate`` model only. Its contract needs each
+``present.{i}.*`` bound to the very buffer passed as ``past_key_values.{i}.*``, kept from one step to the next.
+Triton's onnxruntime backend cannot do that: every request's inputs come from the request and every output
+goes to a buffer the backend allocates and returns in the response (it binds outputs to its own allocator),
+so nothing is aliased across requests and the client would send and receive the whole ``max_cache_len``
+buffer every step, the very copy the contract exists to avoid. ``write_onnx_triton_repository`` refuses the
+``onnxruntime`` kind for such a graph with one line saying so; the ``generate`` model keeps the buffers in the
+server, bound in place.
 """
 
 from __future__ import annotations
@@ -165,9 +174,13 @@ def write_onnx_triton_repository(onnx_dir: Path, repo_dir: Path, cfg: TritonConf
     onnx_dir = Path(onnx_dir)
     manifest = ExportManifest.read(onnx_dir)
     spec = manifest.graph
-    if spec.kv_cache != "concat":
-        raise ArtifactError(f"{onnx_dir}: the {spec.kv_cache} KV-cache contract has no Triton repository yet")
     kind = TritonKind(cfg.kind)
+    if spec.kv_cache == contract.STATIC and kind != TritonKind.GENERATE:
+        raise UserInputError(
+            f"{onnx_dir} speaks the static KV-cache contract, which Triton's onnxruntime backend cannot serve: "
+            "it returns every output in a new buffer, never the input's, so the cache would cross the wire twice "
+            "a step; serve it with --kind generate (the cache stays in the server)"
+        )
     names = {
         TritonKind.ONNXRUNTIME: [cfg.name],
         TritonKind.GENERATE: [cfg.generate_name],

@@ -23,7 +23,23 @@ How it runs the contract (``engines/README.md``):
 - **Device memory through torch** (a core dependency): torch CUDA tensors and one torch stream, which is
   also the enqueue stream; no pycuda or cuda-python.
 - **Greedy decoding** as ``OrtGenerator`` does it: left-padded prompts, position ids ``cumsum(mask) - 1``
-  clipped at 0 (``contract.position_ids``), finished rows filled with pad (or eos).
+  clipped at 0 (``contract.position_ids``), finished rows filled with pad (or eos); the loop is the
+  contract's own (``contract.greedy_concat_loop`` / ``contract.greedy_static_loop``), shared with ``OrtGenerator``.
+
+**Static-cache engines** (built from a ``--kv-cache static --max-cache-len N`` export; ``engine.json``'s
+``build_options.kv_cache`` is ``"static"``; engines/README.md section 5c). The parser turns each
+``TensorScatter`` into TensorRT's ``KVCacheUpdate`` layer, whose output "must be a network output and shares
+the same device memory address with the cache input (in-place update)" (TensorRT's operator documentation;
+``ICudaEngine.get_aliased_input_tensor`` names the input an output aliases). So here each layer's K and V get
+**one** device buffer of ``max_batch x H x max_cache_len x D`` elements, bound with ``set_tensor_address`` as
+both ``past_key_values.{i}.*`` and ``present.{i}.*`` (the same pointer), with the input shape
+``[B, H, max_cache_len, D]``; ``write_indices`` (int64 ``[B]``) says where each row writes, and
+``attention_mask`` covers the whole buffer. No ping-pong, no copy of the cache per step. The buffers are
+zeroed once, when allocated: a slot left over from an earlier request is finite and masked out (weight
+exactly 0), as an unwritten slot is. Prefill runs on the prefill profile's context, every later step on the
+decode profile's (one token). Like the rest of this module it is **unrun here** (no GPU; a TensorRT-RTX plan
+runs on RTX GPUs only): written against the TensorRT 10 / TensorRT-RTX Python API, checked by
+``tests/engines/test_trt_runner.py`` where a GPU is at hand.
 """
 
 from __future__ import annotations
@@ -64,7 +80,8 @@ def _torch_dtype(dtype: Any) -> Any:
 
 
 class TrtEngine:
-    """A deserialized plan with its two execution contexts and its ping-pong KV buffers; one step at a time."""
+    """A deserialized plan with its two execution contexts and its KV buffers (two ping-pong sets for the
+    concatenating contract, one aliased set for the static one); one step at a time."""
 
     def __init__(self, engine_dir: Path, *, backend: str = "auto", device: int = 0) -> None:
         from sleb_deploy.engines.build import EngineManifest, recording_logger
@@ -76,12 +93,12 @@ class TrtEngine:
             )
         manifest = EngineManifest.read(engine_dir)
         self.manifest = manifest
-        if manifest.build_options.get("kv_cache", contract.CONCAT) != contract.CONCAT:
-            raise ArtifactError(
-                f"{engine_dir} is a static KV-cache engine: this runner drives the concatenating contract only "
-                "(engines/README.md section 5c); build the engine from a default (--kv-cache concat) export"
-            )
+        self.kv_cache = str(manifest.build_options.get("kv_cache", contract.CONCAT))
+        if self.kv_cache not in contract.KV_CACHE_CONTRACTS:
+            raise ArtifactError(f"{engine_dir}/engine.json names an unknown KV-cache contract {self.kv_cache!r}")
         self.limits = EngineLimits.from_manifest(manifest)
+        if self.kv_cache == contract.STATIC and self.limits.max_cache_len is None:
+            raise ArtifactError(f"{engine_dir}/engine.json: a static-cache engine without max_cache_len; rebuild it")
         module = str(manifest.backend.get("module"))
         if module not in BACKEND_EXTRAS:
             raise ArtifactError(f"{engine_dir}/engine.json names backend {module!r}, not a TensorRT module")
@@ -121,14 +138,36 @@ class TrtEngine:
         self.present_names = contract.present_names(self.num_layers)
         self.kv_dtype = _torch_dtype(self.engine.get_tensor_dtype(self.past_names[0]))
         self.logits_dtype = _torch_dtype(self.engine.get_tensor_dtype(contract.LOGITS))
-        numel = self.limits.max_batch * self.num_kv_heads * self.limits.max_context_len * self.head_dim
-        with torch.cuda.stream(self.stream):
+        self.last_logits_only = int(self.engine.get_tensor_shape(contract.LOGITS)[1]) == 1  # [B, 1, V]: fixed 1
+        static = self.kv_cache == contract.STATIC
+        if static:
+            self._check_aliases(engine_dir)
+        length = self.limits.max_cache_len if self.limits.max_cache_len is not None else self.limits.max_context_len
+        numel = self.limits.max_batch * self.num_kv_heads * length * self.head_dim
+        with torch.cuda.stream(self.stream):  # static: one aliased set, zeroed (see the module docstring)
             self._kv = [
-                [torch.empty(numel, dtype=self.kv_dtype, device=self.device) for _ in self.past_names] for _ in range(2)
+                [torch.zeros(numel, dtype=self.kv_dtype, device=self.device) for _ in self.past_names]
+                for _ in range(1 if static else 2)
             ]
-        self.kv_bytes = 2 * len(self.past_names) * numel * self._kv[0][0].element_size()
+        self.kv_bytes = len(self._kv) * len(self.past_names) * numel * self._kv[0][0].element_size()
         self._src = 0  # the set holding the current pasts
+        self.stream.synchronize()
         self.load_s = time.perf_counter() - started
+
+    def _check_aliases(self, engine_dir: Path) -> None:
+        """A static engine's ``present.{i}.*`` must be TensorRT's in-place alias of ``past_key_values.{i}.*``
+        (``KVCacheUpdate``); checked where the API can say (``get_aliased_input_tensor``, TensorRT >= 10.15 and
+        TensorRT-RTX), so a plan whose update was not lowered in place fails here, not with a wrong cache."""
+        aliased = getattr(self.engine, "get_aliased_input_tensor", None)
+        if aliased is None:
+            return
+        for past, present in zip(self.past_names, self.present_names, strict=True):
+            if aliased(present) != past:
+                raise ArtifactError(
+                    f"{engine_dir}: output {present} does not alias input {past} in this plan (TensorRT reports "
+                    f"{aliased(present)!r}); the static contract needs TensorRT's in-place KV cache update: rebuild "
+                    "the engine with a TensorRT that lowers TensorScatter to KVCacheUpdate"
+                )
 
     def _last_error(self) -> str:
         errors = [m for s, m in self.logger.messages if s in ("ERROR", "INTERNAL_ERROR")]
@@ -137,7 +176,10 @@ class TrtEngine:
     def forward(self, ids: Any, mask: Any, pos: Any, past_len: int) -> Any:
         """One step, enqueued on ``self.stream``: int64 device tensors ``ids``/``pos`` ``[B, S]`` and ``mask``
         ``[B, past_len + S]``; the pasts are the current KV set's first ``past_len`` positions. Returns the
-        logits tensor (device, ``[B, S or 1, vocab]``); the presents become the current set."""
+        logits tensor (device, ``[B, S or 1, vocab]``); the presents become the current set. Concatenating
+        contract only (``forward_static`` is the static one's)."""
+        if self.kv_cache != contract.CONCAT:
+            raise RuntimeError("forward() drives the concatenating contract; this engine is static: forward_static()")
         batch, seq = (int(d) for d in ids.shape)
         context = self.contexts[PREFILL if past_len == 0 else DECODE]
         for name, tensor in ((contract.INPUT_IDS, ids), (contract.ATTENTION_MASK, mask), (contract.POSITION_IDS, pos)):
@@ -158,6 +200,37 @@ class TrtEngine:
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT could not run the step (batch {batch}, seq {seq}): {self._last_error()}")
         self._src = 1 - self._src
+        return logits
+
+    def forward_static(self, ids: Any, mask: Any, pos: Any, write: Any, prefill: bool) -> Any:
+        """One step of a static-cache engine, enqueued on ``self.stream``: int64 device tensors ``ids``/``pos``
+        ``[B, S]``, ``mask`` ``[B, max_cache_len]`` and ``write`` ``[B]`` (each row's first slot). Each layer's
+        buffer is bound as its past input and its present output at once (one pointer: TensorRT's
+        ``KVCacheUpdate`` writes this step's rows into it in place). ``prefill``: the prefill profile's context
+        (the whole prompt), else the decode profile's (``S`` = 1). Returns the logits tensor (device,
+        ``[B, S or 1, vocab]``). The caller checks ``write + S <= max_cache_len`` (``contract.greedy_static_loop``
+        does): TensorRT does not check the write positions."""
+        if self.kv_cache != contract.STATIC or self.limits.max_cache_len is None:
+            raise RuntimeError("forward_static() drives a static-cache engine; this one concatenates: forward()")
+        batch, seq = (int(d) for d in ids.shape)
+        context = self.contexts[PREFILL if prefill else DECODE]
+        feeds = ((contract.INPUT_IDS, ids), (contract.ATTENTION_MASK, mask), (contract.POSITION_IDS, pos),
+                 (contract.WRITE_INDICES, write))  # fmt: skip
+        for name, tensor in feeds:
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        cache_shape = (batch, self.num_kv_heads, self.limits.max_cache_len, self.head_dim)
+        for past, present, buf in zip(self.past_names, self.present_names, self._kv[0], strict=True):
+            context.set_input_shape(past, cache_shape)
+            context.set_tensor_address(past, buf.data_ptr())
+            context.set_tensor_address(present, buf.data_ptr())  # the same address: the in-place update
+        with self.torch.cuda.stream(self.stream):
+            logits = self.torch.empty(
+                tuple(context.get_tensor_shape(contract.LOGITS)), dtype=self.logits_dtype, device=self.device
+            )
+        context.set_tensor_address(contract.LOGITS, logits.data_ptr())
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"TensorRT could not run the step (batch {batch}, seq {seq}): {self._last_error()}")
         return logits
 
     def to_device(self, array: np.ndarray) -> Any:
@@ -194,6 +267,9 @@ class TrtGenerator:
         self.limits.check_request(batch, prompt_len, max_new_tokens)
         eng = self.engine
         steps: list[np.ndarray] = []
+        if eng.kv_cache == contract.STATIC:
+            tokens = self._generate_static(ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, steps)
+            return (tokens, steps) if return_logits else tokens
 
         def step(cur: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
             past_len = mask.shape[1] - cur.shape[1]
@@ -205,6 +281,38 @@ class TrtGenerator:
 
         tokens = contract.greedy_concat_loop(step, ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id)
         return (tokens, steps) if return_logits else tokens
+
+    def _generate_static(
+        self,
+        ids: np.ndarray,
+        attention_mask: np.ndarray,
+        max_new_tokens: int,
+        eos_token_id: int | None,
+        pad_token_id: int | None,
+        steps: list[np.ndarray],
+    ) -> np.ndarray:
+        """The static contract's loop (``contract.greedy_static_loop``) over ``TrtEngine.forward_static``; each
+        step's chosen logits (row b's last prompt token at prefill) are appended to ``steps``."""
+        eng = self.engine
+        cache_len = self.limits.max_cache_len
+        assert cache_len is not None  # TrtEngine refuses a static engine without it
+        rows = eng.to_device(np.arange(ids.shape[0]))
+        first = True
+
+        def step(cur: np.ndarray, mask: np.ndarray, pos: np.ndarray, write: np.ndarray, at: np.ndarray) -> np.ndarray:
+            nonlocal first
+            logits = eng.forward_static(
+                eng.to_device(cur), eng.to_device(mask), eng.to_device(pos), eng.to_device(write), prefill=first
+            )
+            first = False
+            chosen: np.ndarray = logits[rows, eng.to_device(at)].float().cpu().numpy()  # waits for the step
+            steps.append(chosen)
+            return chosen
+
+        return contract.greedy_static_loop(
+            step, ids, attention_mask, max_new_tokens, cache_len, eos_token_id, pad_token_id,
+            last_logits_only=eng.last_logits_only,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.engine.close()

@@ -141,9 +141,8 @@ class OrtGenerator:
         ids = np.asarray(input_ids, dtype=np.int64)
         mask = np.asarray(attention_mask, dtype=np.int64)
         batch = ids.shape[0]
-        fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
         if self.kv_cache == contract.STATIC:
-            return self._generate_static(ids, mask, max_new_tokens, eos_token_id, fill, max_cache_len)
+            return self._generate_static(ids, mask, max_new_tokens, eos_token_id, pad_token_id, max_cache_len)
         past: list[Any] = [
             np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for _ in self.past_names
         ]
@@ -161,48 +160,23 @@ class OrtGenerator:
         mask: np.ndarray,
         max_new_tokens: int,
         eos_token_id: int | None,
-        fill: int,
+        pad_token_id: int | None,
         max_cache_len: int | None,
     ) -> np.ndarray:
         batch, prompt = ids.shape
-        if mask.shape != ids.shape:
-            raise UserInputError(f"attention_mask {mask.shape} must have the shape of input_ids {ids.shape}")
-        if not mask.any(axis=1).all():
-            raise UserInputError("every prompt needs at least one token (a row of attention_mask is all zeros)")
         length = max_cache_len or self.max_cache_len or prompt + max_new_tokens
-        needed = prompt + max(max_new_tokens - 1, 0)  # the last new token is returned, never written
-        if length < needed:
-            raise UserInputError(
-                f"the KV cache buffer has {length} slots, fewer than the {needed} this call writes "
-                f"(prompt {prompt} + {max_new_tokens} new tokens - 1): raise max_cache_len or shorten the request"
-            )
-        cache = self.cache(batch, length)
-        buf_mask = np.zeros((batch, length), dtype=np.int64)
-        buf_mask[:, :prompt] = mask
-        write = np.zeros(batch, dtype=np.int64)
-        # Each row continues right after its last prompt token (left padding: the prompt's end for every row).
-        last = prompt - 1 - np.argmax(mask[:, ::-1], axis=1)
-        if self.last_logits_only and (last != prompt - 1).any():
-            raise UserInputError("a --last-logits-only graph gives the last position's logits only: pad prompts left")
-        cur, pos = ids, contract.position_ids(mask, prompt)
-        next_pos = mask.sum(axis=1)
-        out = [ids]
-        done = np.zeros(batch, dtype=bool)
         rows = np.arange(batch)
-        for step in range(max_new_tokens):
-            logits = self.run_static(cur, buf_mask, pos, write, cache)
-            at = last - write if step == 0 and not self.last_logits_only else 0
-            nxt = logits[rows, at].argmax(axis=-1).astype(np.int64)
-            nxt = np.where(done, fill, nxt)
-            out.append(nxt[:, None])
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
-                if done.all():
-                    break
-            if step == max_new_tokens - 1:
-                break
-            write = last + 1 if step == 0 else write + 1
-            buf_mask[rows, write] = 1
-            cur, pos = nxt[:, None], next_pos[:, None]
-            next_pos = next_pos + 1
-        return np.concatenate(out, axis=1)
+        cache: StaticCache | None = None  # made at the first step: the loop refuses a bad request first
+
+        def step(
+            cur: np.ndarray, buf_mask: np.ndarray, pos: np.ndarray, write: np.ndarray, at: np.ndarray
+        ) -> np.ndarray:
+            nonlocal cache
+            if cache is None:
+                cache = self.cache(batch, length)
+            logits: np.ndarray = self.run_static(cur, buf_mask, pos, write, cache)[rows, at]
+            return logits
+
+        return contract.greedy_static_loop(
+            step, ids, mask, max_new_tokens, length, eos_token_id, pad_token_id, self.last_logits_only
+        )

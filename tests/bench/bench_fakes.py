@@ -37,9 +37,14 @@ class FakeRunner:
     max_batch: int | None = None  # an engine's limits
     max_input_len: int | None = None
     max_context_len: int | None = None
+    max_cache_len: int | None = None  # a static-cache graph's fixed buffer
     load_s: float = 0.5
     closed: bool = False
+    reserved: list[tuple[int, int]] = field(default_factory=list)
     _tokens: list[np.ndarray] = field(default_factory=list)
+
+    def reserve(self, batch: int, context: int) -> None:
+        self.reserved.append((batch, context))
 
     def _cost(self) -> float:
         return FIXED + self.blocks * PER_BLOCK
@@ -73,6 +78,7 @@ class FakeBackend(Backend):
     max_batch: int | None = None
     max_input_len: int | None = None
     max_context_len: int | None = None
+    max_cache_len: int | None = None
     runners: Any = None  # list the runners land in, to check they get closed
 
     def load(self, variant: Variant, threads: int, dtype: str) -> Any:
@@ -80,7 +86,7 @@ class FakeBackend(Backend):
             raise BackendUnavailable("cannot load this one")
         runner = FakeRunner(
             variant.name, variant.blocks, self.clock, self.log, self.fail_batch, self.max_batch,
-            self.max_input_len, self.max_context_len,
+            self.max_input_len, self.max_context_len, self.max_cache_len,
         )  # fmt: skip
         self.runners.append(runner)
         return runner

@@ -123,6 +123,7 @@ def test_sweep_skips_batches_over_an_engine_limit() -> None:
     [
         (dict(max_input_len=16), "prompt length 32 is over the engine's limit of 16", "--max-input-len"),
         (dict(max_context_len=40), "prompt + new tokens 48 is over the engine's limit of 40", "--max-context-len"),
+        (dict(max_cache_len=40), "47 slots, over the static graph's 40-slot KV cache buffer", "--max-cache-len"),
     ],
 )
 def test_sweep_skips_cells_over_an_engines_lengths(limits: dict[str, int], skipped: str, option: str) -> None:
@@ -133,6 +134,8 @@ def test_sweep_skips_cells_over_an_engines_lengths(limits: dict[str, int], skipp
     notes = {(r.row, r.status, r.note) for r in sweep.records if r.variant == "dense" and r.phase == "e2e"}
     assert any(status == "ok" for _, status, _ in notes)
     assert any(status == "skipped" and skipped in note and option in note for _, status, note in notes)
+    measured = [cell for r in backend.runners for cell in r.reserved]  # buffers made before each measured cell
+    assert measured and set(measured) == {(b, 8 + 3) for b in (1, 2)}
 
 
 def test_sweep_reports_unavailable_backends_and_keeps_results_on_interrupt() -> None:

@@ -72,6 +72,24 @@ def test_requests_over_the_limits() -> None:
         assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
 
 
+def test_static_engine_limits_are_its_buffer() -> None:
+    """A static-cache engine (engine.json records kv_cache "static" and max_cache_len): a request fits when it
+    writes no more slots than the buffer holds (prompt + new tokens - 1), and the refusal names --max-cache-len."""
+    cfg = BuildConfig(max_batch=2, max_input_len=16, max_context_len=64)
+    m = manifest(cfg)
+    m.profiles = profiles_to_json(optimization_profiles(cfg, 2, 2, 8, max_cache_len=32))
+    m.build_options = {**m.build_options, "kv_cache": "static", "max_cache_len": 32}
+    limits = EngineLimits.from_manifest(m)
+    assert limits == EngineLimits(max_batch=2, max_input_len=16, max_context_len=32, max_cache_len=32)
+    limits.check_request(2, 16, 17)  # 16 + 17 - 1 = 32 slots: exactly the buffer
+    with pytest.raises(UserInputError) as err:
+        limits.check_request(1, 16, 18)
+    assert "33 slots" in str(err.value) and "32-slot KV cache buffer" in str(err.value)
+    assert "--max-cache-len" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserInputError, match="max input length of 16"):
+        limits.check_request(1, 17, 1)
+
+
 def test_a_missing_profile_is_refused() -> None:
     m = manifest(BuildConfig())
     m.profiles = m.profiles[:1]
@@ -133,3 +151,28 @@ def test_runner_refuses_before_cuda(exports: ExportCache, tmp_path: Path) -> Non
         TrtGenerator(built.directory)
     with pytest.raises(ArtifactError, match=r"engine\.json not found"):
         TrtGenerator(tmp_path / "nothing")
+
+
+def test_runner_reads_a_static_engine_before_cuda(tmp_path: Path) -> None:
+    """A real TensorRT-RTX build of a static-cache graph: the runner takes it (no longer refused for its
+    contract) and stops only where a GPU is needed; an engine.json naming an unknown contract is refused."""
+    pytest.importorskip("tensorrt_rtx")
+    import torch
+    from tiny import tiny_model
+
+    from sleb_deploy.engines import build_engine
+    from sleb_deploy.engines.trt_runner import TrtGenerator
+    from sleb_deploy.export.onnx_graph import export_decoder_onnx
+
+    export_decoder_onnx(tiny_model("llama", 2, scaled=False), tmp_path / "onnx", kv_cache="static", max_cache_len=24)
+    built = build_engine(tmp_path / "onnx", tmp_path / "e", BuildConfig(max_batch=2, max_input_len=8))
+    assert built.directory is not None
+    assert EngineLimits.from_manifest(built) == EngineLimits(2, 8, 24, max_cache_len=24)
+    if not torch.cuda.is_available():
+        with pytest.raises(MissingDependencyError, match="no CUDA GPU"):
+            TrtGenerator(built.directory)
+    odd = EngineManifest.read(built.directory)
+    odd.build_options = {**odd.build_options, "kv_cache": "paged"}
+    odd.write(built.directory)
+    with pytest.raises(ArtifactError, match="unknown KV-cache contract 'paged'"):
+        TrtGenerator(built.directory)

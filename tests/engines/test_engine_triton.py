@@ -66,6 +66,19 @@ def test_refuses_unknown_dtype_and_incomplete_engine(tmp_path: Path) -> None:
         write_triton_repository(tmp_path / "nothing", tmp_path / "repo")
 
 
+def test_refuses_a_static_engine(tmp_path: Path) -> None:
+    """A static-cache engine cannot be served by Triton's TensorRT backend: one line saying why and what instead."""
+    from sleb_deploy.errors import UserInputError
+
+    engine = _engine(tmp_path)
+    manifest = EngineManifest.read(engine)
+    manifest.build_options = {"kv_cache": "static", "max_cache_len": 16}
+    manifest.write(engine)
+    with pytest.raises(UserInputError, match=r"static KV-cache engine.*--kind generate") as err:
+        write_triton_repository(engine, tmp_path / "repo")
+    assert "\n" not in str(err.value) and not (tmp_path / "repo").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.trt
 def test_default_model_engine_repository(default_exports: dict[str, Path], tmp_path: Path) -> None:

@@ -144,3 +144,53 @@ def test_generation_equals_ort_generator(tiny_export: Path) -> None:
         gen.generate(np.ones((4, 2), dtype=np.int64), None)
     with pytest.raises(GenerateRequestError, match=r"max_new_tokens must be 1\.\.1024"):
         gen.generate(ids, mask, 0)
+
+
+@pytest.fixture(scope="module")
+def static_exports(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> dict[str, Path]:
+    """The tiny llama exported with both contracts and a fixed-length static graph (``--max-cache-len 12``)."""
+    pytest.importorskip("onnxruntime")
+    from tiny import save_checkpoint, tiny_model
+
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+
+    base = tmp_path_factory.mktemp("triton-static")
+    ckpt = save_checkpoint(tiny_model("llama", num_layers=2), tokenizer, base / "hf")
+    configs = {"concat": ExportConfig(), "static": ExportConfig(kv_cache="static"),
+               "fixed": ExportConfig(kv_cache="static", max_cache_len=12)}  # fmt: skip
+    for name, cfg in configs.items():
+        export_checkpoint(str(ckpt), base / name, cfg)
+    return {name: base / name for name in configs}
+
+
+def test_static_graph_gets_the_generate_model_only(static_exports: dict[str, Path], tmp_path: Path) -> None:
+    """A static graph: the onnxruntime_onnx model is refused with the reason (and nothing written), the generate
+    model is written and gives the concatenating graph's tokens; its fixed buffer's limit is an error response."""
+    from sleb_deploy.cli import app
+    from sleb_deploy.errors import UserInputError
+
+    static = static_exports["static"]
+    for kind in (TritonKind.ONNXRUNTIME, TritonKind.BOTH):
+        with pytest.raises(UserInputError, match=r"onnxruntime backend cannot serve.*--kind generate"):
+            write_onnx_triton_repository(static, tmp_path / "repo", TritonConfig(kind=kind))
+    assert not (tmp_path / "repo").exists()
+    result = CliRunner().invoke(app, ["triton", str(static), "--out", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "--kind generate" in result.stderr
+
+    (model,) = write_onnx_triton_repository(static, tmp_path / "repo", TritonConfig(kind=TritonKind.GENERATE))
+    assert parse_config((model / "config.pbtxt").read_text()).backend == "python"
+    prompts = ["the quick brown fox", "a", "over the lazy dog and far away"]
+    settings = GenerateSettings(device="cpu", max_new_tokens=6)
+    served = Generation(model / "1", settings)  # the repository's copy, as the server loads it
+    assert served.generator.kv_cache == "static"
+    reference = Generation(static_exports["concat"], settings)
+    ids, mask = served.encode(prompts)
+    new, lengths = served.generate(ids, mask)
+    ref_new, ref_lengths = reference.generate(ids, mask)
+    assert new.tolist() == ref_new.tolist() and lengths.tolist() == ref_lengths.tolist()
+
+    fixed = Generation(static_exports["fixed"], settings)
+    short = np.ones((1, 4), dtype=np.int64)
+    assert fixed.generate(short, None, 9)[0].shape == (1, 9)  # 4 + 9 - 1 = 12 slots: fits exactly
+    with pytest.raises(GenerateRequestError, match="12 slots, fewer than the 13"):
+        fixed.generate(short, None, 10)

@@ -171,3 +171,26 @@ def test_bad_model_fails_to_load_with_its_log(layout: ServerLayout, tmp_path: Pa
             server.load("broken", timeout=60)
         assert "model.onnx" in str(err.value)
         assert server.metadata()["name"] == "triton"  # still serving
+
+
+def test_generate_model_serves_a_static_graph(layout: ServerLayout, llama_dir: Path, tmp_path: Path) -> None:
+    """A `--kv-cache static` export behind the generate model (the one Triton model that can serve that
+    contract): the server's tokens, text and padded ids alike, are the concatenating graph's under OrtGenerator."""
+    from sleb_deploy.engines.triton_generate import GenerateSettings
+    from sleb_deploy.engines.triton_onnx import TritonConfig, TritonKind, write_onnx_triton_repository
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+
+    export_checkpoint(str(llama_dir), tmp_path / "static", ExportConfig(kv_cache="static"))
+    export_checkpoint(str(llama_dir), tmp_path / "concat", ExportConfig())
+    repo = tmp_path / "repo"
+    cfg = TritonConfig(kind=TritonKind.GENERATE, generate_name="static", generate=GenerateSettings(device="cpu"))
+    write_onnx_triton_repository(tmp_path / "static", repo, cfg)
+    expected, ids_request = expected_tokens(tmp_path / "concat")
+    with TritonServer(layout, repo, log=tmp_path / "server.log") as server:
+        server.load("static", timeout=120)
+        requests = [{"text": PROMPTS, "max_new_tokens": MAX_NEW_TOKENS}, ids_request]
+        report = run_client(layout, server, "static", requests, tmp_path)
+    for protocol in ("http", "grpc"):
+        for result in report[protocol]:
+            assert "error" not in result, f"{protocol}: {result.get('error')}"
+            assert result["output_ids"] == expected, protocol

@@ -149,3 +149,59 @@ def test_default_model_matches_onnx_runtime(
     enc = tok(["The capital of France is", "Once upon a time, in a small village by the sea,"],
               return_tensors="np", padding=True)  # fmt: skip
     check_parity(onnx_dir, built.directory, "fp32", enc["input_ids"], enc["attention_mask"])
+
+
+def ort_static_run(onnx_path: Path, ids: np.ndarray, mask: np.ndarray, cache_len: int) -> tuple[Any, list[Any]]:
+    """OrtGenerator's static loop (contract.greedy_static_loop) with each step's chosen logits recorded."""
+    from sleb_deploy.export.ort_generate import OrtGenerator
+
+    gen = OrtGenerator(onnx_path)
+    cache = gen.cache(ids.shape[0], cache_len)
+    rows = np.arange(ids.shape[0])
+    steps: list[np.ndarray] = []
+
+    def step(cur: np.ndarray, m: np.ndarray, pos: np.ndarray, write: np.ndarray, at: np.ndarray) -> np.ndarray:
+        logits: np.ndarray = gen.run_static(cur, m, pos, write, cache)[rows, at].astype(np.float32)
+        steps.append(logits)
+        return logits
+
+    tokens = contract.greedy_static_loop(step, ids, mask, NEW_TOKENS, cache_len, last_logits_only=gen.last_logits_only)
+    return tokens, steps
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_static_engine_matches_onnx_runtime(gpu_backend: str, family: str, dtype: str, tmp_path: Path) -> None:
+    """A static-cache engine (KVCacheUpdate, each layer's buffer bound as past and present at one address):
+    TrtGenerator's tokens equal OrtGenerator's on the same fixed-length export, left and right padded, and every
+    step's logits agree within the dtype's tolerance."""
+    from tiny import tiny_model
+
+    from sleb_deploy.engines import BuildConfig, build_engine
+    from sleb_deploy.engines.trt_runner import TrtGenerator
+    from sleb_deploy.errors import UserInputError
+    from sleb_deploy.export.onnx_graph import export_decoder_onnx
+
+    cache_len = 32
+    onnx_dir = tmp_path / "onnx"
+    export_decoder_onnx(tiny_model(family, 3, scaled=False), onnx_dir, dtype=dtype, kv_cache="static",
+                        max_cache_len=cache_len)  # fmt: skip
+    built = build_engine(onnx_dir, tmp_path / "e", BuildConfig(max_batch=4, max_input_len=16), backend=gpu_backend)
+    assert built.directory is not None and built.build_options["kv_cache"] == "static"
+    left, mask = padded_prompts(np.random.default_rng(0), [5, 12, 1], VOCAB)
+    right, rmask = np.zeros_like(left), np.zeros_like(mask)
+    for row, n in enumerate(mask.sum(axis=1)):
+        right[row, :n], rmask[row, :n] = left[row, left.shape[1] - n :], 1
+    runner = TrtGenerator(built.directory)
+    try:
+        assert runner.engine.kv_bytes > 0 and len(runner.engine._kv) == 1  # one aliased set, no ping-pong
+        for ids, m in ((left, mask), (right, rmask)):
+            expected, reference = ort_static_run(onnx_dir / "model.onnx", ids, m, cache_len)
+            got, logits = runner.generate(ids, m, NEW_TOKENS, return_logits=True)
+            worst = max(float(np.abs(a - b).max()) for a, b in zip(logits, reference, strict=True))
+            assert worst <= LOGITS_ATOL[dtype], f"max |logits TensorRT - ORT| = {worst:.3g}"
+            np.testing.assert_array_equal(got, expected)
+        with pytest.raises(UserInputError, match="32-slot KV cache buffer"):
+            runner.generate(np.ones((1, 16), np.int64), np.ones((1, 16), np.int64), 18)
+    finally:
+        runner.close()

@@ -147,3 +147,69 @@ def test_pipeline_builds_engines_with_its_options(
         for profile in engine.profiles:
             assert profile["shapes"]["input_ids"]["max"][0] == 16
     assert pruned.timing_cache["seeded_from"] == str(tmp_path / "engines" / "tiny-llama" / "dense" / "timing.cache")
+
+
+def test_pipeline_static_exports_both_and_checks_first(
+    llama_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`export --kv-cache static`: dense and pruned both static (symbolic buffer without engines), generating the
+    concatenating graphs' tokens; a combination that cannot be exported fails before the pruning."""
+    from sleb_deploy.export.ort_generate import OrtGenerator
+
+    monkeypatch.chdir(tmp_path)
+    common = ["export", "--model", str(llama_dir), "--blocks", "2", "--eval-text", str(text_file), "--seq-len", "32",
+              "--eval-windows", "2", "--engines", "none", "--quiet"]  # fmt: skip
+    bad = runner.invoke(app, [*common, "--kv-cache", "static", "--variant", "opset18"])
+    assert bad.exit_code == 2 and "needs --variant opset23" in bad.stderr
+    assert not (tmp_path / "export").exists()  # refused before pruning
+    bad = runner.invoke(app, [*common, "--max-cache-len", "64"])
+    assert bad.exit_code == 2 and "static only" in bad.stderr
+
+    result = runner.invoke(app, [*common, "--kv-cache", "static", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["engines"]["kv_cache"] == "static"
+    ws = tmp_path / "export" / "tiny-llama"
+    ids = np.random.default_rng(0).integers(3, 300, size=(2, 5))
+    for variant in ("dense", "pruned"):
+        graph = data[variant]["graph"]
+        assert (graph["kv_cache"], graph["max_cache_len"]) == ("static", None)
+        assert data[variant]["validation"]["status"] == "passed"
+        gen = OrtGenerator(ws / variant / "model.onnx")
+        assert gen.kv_cache == "static"
+        concat_out = tmp_path / f"concat-{variant}"
+        source = str(llama_dir) if variant == "dense" else str(ws / "hf-pruned")
+        export_checkpoint(source, concat_out, ExportConfig())
+        expected = OrtGenerator(concat_out / "model.onnx").generate(ids, np.ones_like(ids), 6)
+        np.testing.assert_array_equal(gen.generate(ids, np.ones_like(ids), 6), expected)
+
+
+@pytest.mark.trt
+def test_pipeline_builds_static_engines(
+    llama_dir: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`export --kv-cache static --engines tensorrt_rtx` without --max-cache-len: the graphs are fixed at
+    --max-context-len (said on stderr) and both static engines build; a prompt limit over the buffer is refused
+    before any work."""
+    pytest.importorskip("tensorrt_rtx")
+    from sleb_deploy.engines.build import EngineManifest
+    from sleb_deploy.engines.limits import EngineLimits
+
+    monkeypatch.chdir(tmp_path)
+    common = ["export", "--model", str(llama_dir), "--blocks", "2", "--eval-text", str(text_file), "--seq-len", "32",
+              "--eval-windows", "2", "--engines", "tensorrt_rtx", "--kv-cache", "static",
+              "--max-batch", "2"]  # fmt: skip
+    bad = runner.invoke(app, [*common, "--max-cache-len", "32", "--max-input-len", "48", "--quiet"])
+    assert bad.exit_code == 2 and "exceeds the 32-slot static KV cache buffer" in bad.stderr, bad.stderr
+    assert not (tmp_path / "export").exists()
+
+    result = runner.invoke(app, [*common, "--max-input-len", "16", "--max-context-len", "48"])
+    assert result.exit_code == 0, result.stderr
+    assert "buffers fixed at 48 slots (--max-context-len)" in result.stderr
+    for variant, layers in (("dense", 6), ("pruned", 5)):
+        assert ExportManifest.read(tmp_path / "export" / "tiny-llama" / variant).graph.max_cache_len == 48
+        engine = EngineManifest.read(tmp_path / "engines" / "tiny-llama" / variant)
+        assert engine.num_layers == layers
+        assert (engine.build_options["kv_cache"], engine.build_options["max_cache_len"]) == ("static", 48)
+        limits = EngineLimits.from_manifest(engine)
+        assert (limits.max_batch, limits.max_input_len, limits.max_cache_len) == (2, 16, 48)

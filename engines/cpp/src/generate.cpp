@@ -198,8 +198,8 @@ GenerateResult generate(Backend& backend, const std::vector<std::vector<int64_t>
       result.timing.decode_ms += ms;
       ++result.timing.decode_steps;
     }
-    if (opts.eos_token_id && all_done) break;
-    // The next step: one new token per row, positions one further; the mask one column longer (concat) or
+    if ((opts.eos_token_id && all_done) || step + 1 == opts.max_new_tokens) break;
+    // The next step (none after the last: a buffer that holds the request exactly has no slot for it): one new token per row, positions one further; the mask one column longer (concat) or
     // one more slot set, the one this step writes (static).
     past += seq;
     seq = 1;

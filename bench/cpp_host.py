@@ -300,7 +300,9 @@ def render(rec: dict[str, Any]) -> str:
         "",
         "Times: medians over rounds. Ratios: median (interquartile range) of the per-round paired ratios (variants",
         "interleaved, order flipped each round). The graph alone is `run_with_iobinding` on the same decode shapes",
-        "with inputs made off the clock. The C++ host's prefill (its own timing line) is in the JSON.",
+        "with inputs made off the clock. The C++ host's prefill (its own timing line) is in the JSON. The KV-cache",
+        "contracts run one after the other (not interleaved with each other): compare within a row, not times",
+        "across contracts (bench/static_cache_bench.py compares the contracts' graphs).",
         "",
     ]
     return "\n".join(lines)

@@ -1,16 +1,19 @@
 """The C++ host (`sleb-host`, ONNX Runtime backend) vs the Python reference generator (`OrtGenerator`) vs the
-graph alone, on the default model's dense export; plus the host's build time (not a test).
+graph alone, on the default model's dense export, per KV-cache contract (concatenating and static); plus the
+host's build time (not a test).
 
-    python bench/cpp_host.py [--work bench/cpp-host] [--threads 1] [--rounds 7] [--new 48]
+    python bench/cpp_host.py [--work bench/cpp-host] [--threads 1] [--rounds 7] [--new 48] [--contracts concat,static]
 
-1. Exports the default model (SmolLM2-135M, dense, fp32, default variant) into --work once, and builds the host
-   there from nothing, timing the header fetch (cold cache) and the CMake + Ninja build (-j2) apart.
-2. Per round, interleaved, order flipped every round, same intra-op thread count everywhere:
+1. Exports the default model (SmolLM2-135M, dense, fp32, default variant) into --work once per contract (the
+   static one with a symbolic buffer: both generators size it prompt + new tokens), and builds the host there from
+   nothing, timing the header fetch (cold cache) and the CMake + Ninja build (-j2) apart.
+2. Per contract and round, interleaved, order flipped every round, same intra-op thread count everywhere:
    - `sleb-host --json` (a fresh process; its own in-process timings: prefill, decode ms per token);
    - `OrtGenerator.generate` in this process, N new tokens and 1 new token: decode per token =
      (T(N) - T(1)) / (N - 1), the same quantity the host reports;
-   - the graph alone: `run_with_iobinding` on the same sequence of decode shapes (past = prompt .. prompt + N - 2)
-     with inputs made before the clock starts: what any host must pay per token.
+   - the graph alone: `run_with_iobinding` on the same sequence of decode shapes (past = prompt .. prompt + N - 2;
+     static: writes at those slots of one buffer bound as input and output) with inputs made before the clock
+     starts: what any host must pay per token.
    At batch 1 and at batch 4 with left padding (prompts of 32, 28, 24, 20 tokens). Both generators must
    produce the same tokens (checked).
 3. Writes bench/results/cpp_host_smollm2.{json,md}: medians and per-round paired ratios. Timings are
@@ -42,13 +45,13 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def export_dense(work: Path) -> Path:
+def export_dense(work: Path, kv_cache: str) -> Path:
     from sleb_deploy.export.stage import ExportConfig, export_checkpoint
 
-    out = work / "dense"
+    out = work / ("dense" if kv_cache == "concat" else f"dense-{kv_cache}")
     if not (out / "export.json").is_file():
-        print(f"exporting smollm2-135m -> {out}", flush=True)
-        export_checkpoint("smollm2-135m", out, ExportConfig())
+        print(f"exporting smollm2-135m ({kv_cache} KV cache) -> {out}", flush=True)
+        export_checkpoint("smollm2-135m", out, ExportConfig(kv_cache=kv_cache))
     return out
 
 
@@ -122,6 +125,8 @@ def run_graph(gen: Any, batch: int, prompt_len: int, new: int) -> float:
     """The graph alone: decode steps at past = prompt_len .. prompt_len + new - 2, inputs made off the clock."""
     from sleb_deploy import contract
 
+    if gen.kv_cache == contract.STATIC:
+        return run_graph_static(gen, batch, prompt_len, new)
     rng = np.random.default_rng(0)
     total = 0.0
     for past in range(prompt_len, prompt_len + new - 1):
@@ -144,12 +149,39 @@ def run_graph(gen: Any, batch: int, prompt_len: int, new: int) -> float:
     return total * 1000 / (new - 1)
 
 
+def run_graph_static(gen: Any, batch: int, prompt_len: int, new: int) -> float:
+    """The static graph alone: the same decode steps, each writing at slot ``past`` of one buffer of
+    prompt_len + new slots (the generators' default) bound as input and output, as OrtGenerator binds it."""
+    from sleb_deploy import contract
+
+    length = prompt_len + new
+    cache = gen.cache(batch, length)
+    total = 0.0
+    for past in range(prompt_len, prompt_len + new - 1):
+        mask = np.zeros((batch, length), dtype=np.int64)
+        mask[:, : past + 1] = 1
+        binding = gen.session.io_binding()
+        binding.bind_cpu_input(contract.INPUT_IDS, np.full((batch, 1), 42, dtype=np.int64))
+        binding.bind_cpu_input(contract.ATTENTION_MASK, mask)
+        binding.bind_cpu_input(contract.POSITION_IDS, np.full((batch, 1), past, dtype=np.int64))
+        binding.bind_cpu_input(contract.WRITE_INDICES, np.full((batch,), past, dtype=np.int64))
+        binding.bind_output(contract.LOGITS, "cpu")
+        for name, present, value in zip(gen.past_names, gen.output_names[1:], cache.values, strict=True):
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(present, value)
+        t0 = time.perf_counter()
+        gen.session.run_with_iobinding(binding)
+        total += time.perf_counter() - t0
+    return total * 1000 / (new - 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "cpp-host")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--new", type=int, default=48)
+    ap.add_argument("--contracts", default="concat,static", help="KV-cache contracts to compare, comma-separated")
     ap.add_argument("--render", action="store_true", help="rewrite the .md from the committed .json only")
     args = ap.parse_args()
     if args.render:
@@ -164,7 +196,8 @@ def main() -> None:
     from sleb_deploy.export.ort_generate import OrtGenerator
 
     args.work.mkdir(parents=True, exist_ok=True)
-    directory = export_dense(args.work)
+    contracts = args.contracts.split(",")
+    directories = {kv: export_dense(args.work, kv) for kv in contracts}
     load_before = _load()
     host, build = build_host(args.work)
     print(f"built {host}: {build} (load {load_before})", flush=True)
@@ -172,10 +205,11 @@ def main() -> None:
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
-    gen = OrtGenerator(directory / "model.onnx", session_options=so)
-    tok = AutoTokenizer.from_pretrained(directory)
+    tok = AutoTokenizer.from_pretrained(directories[contracts[0]])
     cases: dict[str, Any] = {}
-    for batch, lengths in BATCHES.items():
+    for kv, batch, lengths in [(kv, b, n) for kv in contracts for b, n in BATCHES.items()]:
+        directory = directories[kv]
+        gen = OrtGenerator(directory / "model.onnx", session_options=so)
         prompts = prompts_for(tok, lengths)
         ids, mask = padded(prompts)
         run_python(gen, ids, mask, 4)  # warm-up
@@ -196,13 +230,15 @@ def main() -> None:
                 else:
                     rows["graph"].append(run_graph(gen, batch, ids.shape[1], args.new))
             same = same and cpp_tokens == py_tokens
-            print(f"batch {batch} round {r}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rows.items()), flush=True)
+            last = ", ".join(f"{k} {v[-1]:.2f}" for k, v in rows.items())
+            print(f"{kv} batch {batch} round {r}: {last}", flush=True)
         ratios = {
             "cpp_over_graph": [c / g for c, g in zip(rows["cpp"], rows["graph"], strict=True)],
             "python_over_graph": [p / g for p, g in zip(rows["python"], rows["graph"], strict=True)],
             "cpp_over_python": [c / p for c, p in zip(rows["cpp"], rows["python"], strict=True)],
         }
-        cases[f"batch{batch}"] = {
+        cases[f"batch{batch}" if kv == "concat" else f"{kv}-batch{batch}"] = {
+            "kv_cache": kv,
             "batch": batch,
             "prompt_lengths": list(lengths),
             "new_tokens": args.new,
@@ -213,9 +249,11 @@ def main() -> None:
             "ratios": {k: [round(x, 4) for x in v] for k, v in ratios.items()},
         }
     record = {
-        "what": "C++ host (ONNX Runtime backend) vs OrtGenerator vs the graph alone, decode ms per token",
-        "command": f"python bench/cpp_host.py --threads {args.threads} --rounds {args.rounds} --new {args.new}",
-        "model": "smollm2-135m dense, fp32, default variant",
+        "what": "C++ host (ONNX Runtime backend) vs OrtGenerator vs the graph alone, decode ms per token, per KV "
+        "contract (the three paired within a contract; the contracts run one after the other)",
+        "command": f"python bench/cpp_host.py --threads {args.threads} --rounds {args.rounds} --new {args.new} "
+        f"--contracts {args.contracts}",
+        "model": "smollm2-135m dense, fp32, default variant; static: --kv-cache static, buffer prompt + new tokens",
         "threads": args.threads,
         "build": build,
         "load_before": load_before,
@@ -241,8 +279,9 @@ def render(rec: dict[str, Any]) -> str:
         f"Build from nothing: header fetch {b['header_fetch_s']} s, CMake configure {b['cmake_configure_s']} s, "
         f"Ninja (-j2) {b['ninja_build_s']} s.",
         "",
-        "| case | C++ host | OrtGenerator | graph alone | C++ / graph | Python / graph | C++ / Python | same tokens |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | KV cache | C++ host | OrtGenerator | graph alone | C++ / graph | Python / graph | C++ / Python "
+        "| same tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(c: dict[str, Any], key: str) -> str:
@@ -252,7 +291,8 @@ def render(rec: dict[str, Any]) -> str:
     for name, c in rec["cases"].items():
         m = c["median_ms"]
         lines.append(
-            f"| {name} (prompts {c['prompt_lengths']}, {c['new_tokens']} new) | {m['cpp']:.2f} | {m['python']:.2f} "
+            f"| {name} (prompts {c['prompt_lengths']}, {c['new_tokens']} new) | {c.get('kv_cache', 'concat')} "
+            f"| {m['cpp']:.2f} | {m['python']:.2f} "
             f"| {m['graph']:.2f} | {ratio(c, 'cpp_over_graph')} | {ratio(c, 'python_over_graph')} "
             f"| {ratio(c, 'cpp_over_python')} | {c['same_tokens']} |"
         )
@@ -260,7 +300,9 @@ def render(rec: dict[str, Any]) -> str:
         "",
         "Times: medians over rounds. Ratios: median (interquartile range) of the per-round paired ratios (variants",
         "interleaved, order flipped each round). The graph alone is `run_with_iobinding` on the same decode shapes",
-        "with inputs made off the clock. The C++ host's prefill (its own timing line) is in the JSON.",
+        "with inputs made off the clock. The C++ host's prefill (its own timing line) is in the JSON. The KV-cache",
+        "contracts run one after the other (not interleaved with each other): compare within a row, not times",
+        "across contracts (bench/static_cache_bench.py compares the contracts' graphs).",
         "",
     ]
     return "\n".join(lines)

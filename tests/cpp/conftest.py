@@ -32,3 +32,17 @@ def sleb_host(tmp_path_factory: pytest.TempPathFactory) -> Path:
     host = Path(proc.stdout.strip().splitlines()[-1])
     assert host.is_file(), proc.stdout
     return host
+
+
+@pytest.fixture(scope="session")
+def default_static_exports(
+    tmp_path_factory: pytest.TempPathFactory, default_exports: dict[str, Path]
+) -> dict[str, Path]:
+    """The checkpoints of ``default_exports`` (dense, pruned) exported with ``--kv-cache static`` (symbolic buffer
+    length), each once per session."""
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+
+    base = tmp_path_factory.mktemp("default-onnx-static")
+    for variant in ("dense", "pruned"):
+        export_checkpoint(str(default_exports[f"{variant}_hf"]), base / variant, ExportConfig(kv_cache="static"))
+    return {"dense": base / "dense", "pruned": base / "pruned"}

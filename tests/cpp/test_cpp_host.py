@@ -16,27 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sleb_host_run import host_tokens, python_tokens, run_host
-from tiny import FAMILIES, VOCAB, ExportCache, write_export_manifest
+from sleb_host_run import host_dir, host_tokens, one_line_error, prompts, python_tokens, run_host
+from tiny import FAMILIES, VOCAB, ExportCache
 
 MAX_NEW = 8
-
-
-def host_dir(exports: ExportCache, tmp_path: Path, family: str, dtype: str = "fp32", last: bool = False) -> Path:
-    """A tiny export in a directory of its own with an export.json and the model's config.json, as the export
-    stage writes them (the cached export directory is shared with other tests and stays as it is)."""
-    model, onnx, spec = exports.get(family, dtype=dtype, last=last)
-    out = tmp_path / f"{family}-{dtype}"
-    out.mkdir()
-    for f in onnx.parent.iterdir():
-        os.link(f, out / f.name)
-    write_export_manifest(out, spec)
-    model.config.to_json_file(out / "config.json")
-    return out
-
-
-def prompts(rng: np.random.Generator, lengths: tuple[int, ...]) -> list[list[int]]:
-    return [[int(t) for t in rng.integers(3, VOCAB, n)] for n in lengths]
 
 
 def test_ctest(sleb_host: Path) -> None:
@@ -89,13 +72,6 @@ def test_tokens_match_python_default_model(sleb_host: Path, default_exports: dic
 # --- bad input: one line on stderr, a non-zero exit -------------------------------------------------------
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sleb-host: error: ") and needle in lines[0], proc.stderr
-
-
 def test_missing_directory(sleb_host: Path, tmp_path: Path) -> None:
     one_line_error(run_host(sleb_host, tmp_path / "nope", [[1, 2]]), 3, "not found")
 
@@ -111,9 +87,12 @@ def test_directory_that_is_not_an_export(sleb_host: Path, exports: ExportCache, 
 def test_refuses_other_kv_contract_and_bad_manifest(sleb_host: Path, exports: ExportCache, tmp_path: Path) -> None:
     directory = host_dir(exports, tmp_path, "llama")
     manifest = json.loads((directory / "export.json").read_text())
-    manifest["graph"]["kv_cache"] = "static"
+    manifest["graph"]["kv_cache"] = "paged"
     (directory / "export.json").write_text(json.dumps(manifest))
-    one_line_error(run_host(sleb_host, directory, [[1, 2]]), 3, "graph.kv_cache is 'static'")
+    one_line_error(run_host(sleb_host, directory, [[1, 2]]), 3, "graph.kv_cache is 'paged'")
+    manifest["graph"]["kv_cache"] = "static"  # a concatenating graph that export.json calls static
+    (directory / "export.json").write_text(json.dumps(manifest))
+    one_line_error(run_host(sleb_host, directory, [[1, 2]]), 3, "the graph speaks the concat KV-cache contract")
     (directory / "export.json").write_text('{"schema": "sleb-deploy/export@1", "graph": {')
     one_line_error(run_host(sleb_host, directory, [[1, 2]]), 3, "invalid JSON")
 

@@ -1,8 +1,11 @@
 // sleb-host: greedy generation from token ids with a sleb-deploy export (ONNX Runtime) or engine (TensorRT).
 //
-//   sleb-host DIR [--prompts FILE|-] [--max-new-tokens N] [--eos ID] [--pad ID] [--threads N] [--cuda] [--json]
+//   sleb-host DIR [--prompts FILE|-] [--max-new-tokens N] [--eos ID] [--pad ID] [--max-cache-len N] [--threads N]
+//             [--cuda] [--json]
 //
-// DIR holds export.json (+ model.onnx) or engine.json (+ model.plan). Prompts: one per line, token ids
+// DIR holds export.json (+ model.onnx) or engine.json (+ model.plan), of either KV-cache contract (concat or
+// static, read from the manifest; --max-cache-len sizes a static graph's buffers when the graph leaves their
+// length symbolic, default prompt + max new tokens). Prompts: one per line, token ids
 // separated by spaces, or a JSON list of lists; stdin by default. Output: one line of new token ids per
 // prompt (or one JSON object with --json). A timing line per phase goes to stderr:
 //   sleb-host: timing backend=onnxruntime batch=2 phase=load ms=...
@@ -28,8 +31,8 @@
 namespace {
 
 const char* kUsage =
-    "usage: sleb-host DIR [--prompts FILE|-] [--max-new-tokens N] [--eos ID] [--pad ID] [--threads N] [--cuda] "
-    "[--json]";
+    "usage: sleb-host DIR [--prompts FILE|-] [--max-new-tokens N] [--eos ID] [--pad ID] [--max-cache-len N] "
+    "[--threads N] [--cuda] [--json]";
 
 struct Args {
   std::string dir;
@@ -58,6 +61,7 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--max-new-tokens") a.gen.max_new_tokens = integer(arg, next());
     else if (arg == "--eos") a.gen.eos_token_id = integer(arg, next());
     else if (arg == "--pad") a.gen.pad_token_id = integer(arg, next());
+    else if (arg == "--max-cache-len") a.gen.max_cache_len = integer(arg, next());
     else if (arg == "--threads") a.ort.intra_op_threads = static_cast<int>(integer(arg, next()));
     else if (arg == "--cuda") a.ort.cuda = true;
     else if (arg == "--json") a.json = true;
@@ -97,12 +101,12 @@ int run(int argc, char** argv) {
   std::string name;
   if (kind == "engine") {
     const sleb::EngineInfo info = sleb::read_engine(args.dir);
-    sleb::check_request(info.limits, prompts, args.gen);  // the engine's limits first: they hold on any runtime
+    sleb::check_request(info.graph, info.limits, prompts, args.gen);  // the engine's limits first: they hold on any runtime
     backend = sleb::make_trt_backend(info);
     name = "tensorrt";
   } else {
     const sleb::ExportInfo info = sleb::read_export(args.dir);
-    sleb::check_request(info.limits, prompts, args.gen);  // before the (slow) session load
+    sleb::check_request(info.graph, info.limits, prompts, args.gen);  // before the (slow) session load
     backend = sleb::make_ort_backend(info, args.ort);
     name = args.ort.cuda ? "onnxruntime-cuda" : "onnxruntime";
   }
@@ -117,7 +121,8 @@ int run(int argc, char** argv) {
     out << (args.json ? "]" : "\n");
   }
   if (args.json)
-    out << "], \"backend\": \"" << name << "\", \"batch\": " << prompts.size() << ", \"prompt_len\": " << r.prompt_len
+    out << "], \"backend\": \"" << name << "\", \"kv_cache\": \"" << backend->graph().kv_cache
+        << "\", \"cache_len\": " << r.cache_len << ", \"batch\": " << prompts.size() << ", \"prompt_len\": " << r.prompt_len
         << ", \"load_ms\": " << load_ms << ", \"prefill_ms\": " << r.timing.prefill_ms
         << ", \"decode_steps\": " << r.timing.decode_steps << ", \"decode_ms_per_token\": " << r.timing.decode_ms_per_token()
         << "}\n";

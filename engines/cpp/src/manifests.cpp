@@ -58,6 +58,7 @@ std::string dtype_from_trt(const std::string& trt) {
 
 std::vector<std::string> GraphInfo::input_names() const {
   std::vector<std::string> names{"input_ids", "attention_mask", "position_ids"};
+  if (is_static()) names.push_back("write_indices");
   for (int64_t i = 0; i < num_layers; ++i) {
     names.push_back("past_key_values." + std::to_string(i) + ".key");
     names.push_back("past_key_values." + std::to_string(i) + ".value");
@@ -96,9 +97,10 @@ ExportInfo read_export(const std::string& dir) {
     out.dir = dir;
     out.onnx_path = dir + "/model.onnx";
     const Json& g = doc.at("graph");
-    std::string kv = g.has("kv_cache") ? g.at("kv_cache").as_string() : "concat";
-    if (kv != "concat")
-      throw ArtifactError(path + ": graph.kv_cache is '" + kv + "'; this host drives the 'concat' KV-cache contract only (export with the default contract)");
+    out.graph.kv_cache = g.has("kv_cache") ? g.at("kv_cache").as_string() : "concat";
+    if (out.graph.kv_cache != "concat" && out.graph.kv_cache != "static")
+      throw ArtifactError(path + ": graph.kv_cache is '" + out.graph.kv_cache + "'; this host drives the 'concat' and 'static' KV-cache contracts (re-export with a sleb-deploy of its version)");
+    if (g.has("max_cache_len") && !g.at("max_cache_len").is_null()) out.graph.max_cache_len = g.at("max_cache_len").as_int();
     out.graph.num_layers = g.at("num_layers").as_int();
     out.graph.num_kv_heads = g.at("num_kv_heads").as_int();
     out.graph.head_dim = g.at("head_dim").as_int();
@@ -110,7 +112,7 @@ ExportInfo read_export(const std::string& dir) {
   const GraphInfo& g = info.graph;
   if (g.dtype != "fp32" && g.dtype != "fp16" && g.dtype != "bf16")
     throw ArtifactError(path + ": graph.dtype '" + g.dtype + "' is not one of fp32, fp16, bf16");
-  if (g.num_layers < 1 || g.num_kv_heads < 1 || g.head_dim < 1 || g.vocab_size < 1)
+  if (g.num_layers < 1 || g.num_kv_heads < 1 || g.head_dim < 1 || g.vocab_size < 1 || g.max_cache_len < 0)
     throw ArtifactError(path + ": graph sizes must be positive");
   if (!is_file(info.onnx_path)) throw ArtifactError(info.onnx_path + " not found: the export is incomplete; re-export");
   info.limits.vocab_size = g.vocab_size;
@@ -139,6 +141,13 @@ EngineInfo read_engine(const std::string& dir) {
     out.graph.num_layers = doc.at("num_layers").as_int();
     out.graph.num_kv_heads = doc.at("num_kv_heads").as_int();
     out.graph.head_dim = doc.at("head_dim").as_int();
+    // build_options.kv_cache / max_cache_len: written since the static contract (older engines: concat).
+    if (doc.has("build_options")) {
+      const Json& opts = doc.at("build_options");
+      if (opts.has("kv_cache")) out.graph.kv_cache = opts.at("kv_cache").as_string();
+      if (opts.has("max_cache_len") && !opts.at("max_cache_len").is_null())
+        out.graph.max_cache_len = opts.at("max_cache_len").as_int();
+    }
     for (const Json& row : doc.at("io").as_array()) {
       const std::string& name = row.at("name").as_string();
       const auto& shape = row.at("shape").as_array();
@@ -166,13 +175,18 @@ EngineInfo read_engine(const std::string& dir) {
   });
   if (info.graph.dtype.empty() || info.graph.vocab_size < 1)
     throw ArtifactError(path + ": the io table lacks logits or past_key_values.0.key with a FLOAT/HALF/BF16 dtype");
+  if (info.graph.kv_cache != "concat" && (info.graph.kv_cache != "static" || info.graph.max_cache_len < 1))
+    throw ArtifactError(path + ": build_options.kv_cache '" + info.graph.kv_cache +
+                        "' with max_cache_len " + std::to_string(info.graph.max_cache_len) +
+                        ": expected 'concat', or 'static' with a fixed buffer length; rebuild the engine");
   if (info.profiles.size() != 2 || info.profiles[0].name != "prefill" || info.profiles[1].name != "decode")
     throw ArtifactError(path + ": expected two profiles, prefill then decode (engines/README.md section 4)");
   const EngineProfile& pre = info.profiles[0];
   const EngineProfile& dec = info.profiles[1];
   info.limits.max_batch = std::min(pre.max_batch, dec.max_batch);
   info.limits.max_input_len = pre.max_seq;
-  info.limits.max_context_len = dec.max_mask;
+  // A static engine's mask covers the buffer in every profile: the buffer (cache_length) bounds the request.
+  info.limits.max_context_len = info.graph.is_static() ? 0 : dec.max_mask;
   info.limits.vocab_size = info.graph.vocab_size;
   if (!is_file(info.plan_path)) throw ArtifactError(info.plan_path + " not found: the engine directory is incomplete; rebuild it");
   return info;

@@ -1,5 +1,5 @@
 // C++-level checks of the host's pure parts (no model): the JSON reader, left padding and position ids,
-// the request limits, the TensorRT version rule, half-precision conversion, prompt parsing. The token-for-
+// the request limits, the static KV buffer's length and bounds, the TensorRT version rule, half-precision conversion, prompt parsing. The token-for-
 // token checks against the Python generator are in tests/cpp/test_cpp_host.py (they need exports).
 #include <cmath>
 #include <functional>
@@ -71,16 +71,53 @@ void limits_tests() {
   lim.vocab_size = 100;
   sleb::GenerateOptions opts;
   opts.max_new_tokens = 5;
-  sleb::check_request(lim, {{1, 2, 3, 4}}, opts);  // 4 + 5 - 1 = 8: fits exactly
+  const sleb::GraphInfo graph;  // concat
+  sleb::check_request(graph, lim, {{1, 2, 3, 4}}, opts);  // 4 + 5 - 1 = 8: fits exactly
   using E = sleb::UserInputError;
-  check_throws<E>([&] { sleb::check_request(lim, {{1}, {2}, {3}}, opts); }, "max batch of 2", "batch limit");
-  check_throws<E>([&] { sleb::check_request(lim, {{1, 2, 3, 4, 5}}, opts); }, "max input length of 4", "input limit");
+  check_throws<E>([&] { sleb::check_request(graph, lim, {{1}, {2}, {3}}, opts); }, "max batch of 2", "batch limit");
+  check_throws<E>([&] { sleb::check_request(graph, lim, {{1, 2, 3, 4, 5}}, opts); }, "max input length of 4", "input limit");
   opts.max_new_tokens = 6;
-  check_throws<E>([&] { sleb::check_request(lim, {{1, 2, 3, 4}}, opts); }, "context of 9", "context limit");
+  check_throws<E>([&] { sleb::check_request(graph, lim, {{1, 2, 3, 4}}, opts); }, "context of 9", "context limit");
   opts.max_new_tokens = 1;
-  check_throws<E>([&] { sleb::check_request(lim, {{1, 100}}, opts); }, "token id 100", "vocabulary");
-  check_throws<E>([&] { sleb::check_request(lim, {{1}, {}}, opts); }, "prompt 1 is empty", "empty prompt");
-  check_throws<E>([&] { sleb::check_request(lim, {}, opts); }, "no prompt", "no prompts");
+  check_throws<E>([&] { sleb::check_request(graph, lim, {{1, 100}}, opts); }, "token id 100", "vocabulary");
+  check_throws<E>([&] { sleb::check_request(graph, lim, {{1}, {}}, opts); }, "prompt 1 is empty", "empty prompt");
+  check_throws<E>([&] { sleb::check_request(graph, lim, {}, opts); }, "no prompt", "no prompts");
+}
+
+// The static contract's buffer (OrtGenerator._generate_static / run_static): prompt + new - 1 slots needed,
+// default length prompt + new, a fixed length wins, and a step may not write past it.
+void static_cache_tests() {
+  sleb::GraphInfo g;
+  g.num_layers = 2;
+  sleb::GenerateOptions opts;
+  opts.max_new_tokens = 5;
+  using E = sleb::UserInputError;
+  check(sleb::cache_length(g, 4, opts) == 0, "concat: no buffer");
+  check(g.input_names().size() == 3 + 4 && g.input_names()[3] == "past_key_values.0.key", "concat input names");
+  opts.max_cache_len = 16;
+  check_throws<E>([&] { sleb::cache_length(g, 4, opts); }, "static-cache exports", "--max-cache-len on concat");
+  g.kv_cache = "static";
+  check(g.input_names()[3] == "write_indices" && g.input_names().size() == 4 + 4, "static input names");
+  check(sleb::cache_length(g, 4, opts) == 16, "symbolic: the asked length");
+  opts.max_cache_len = 8;  // 4 + 5 - 1 = 8: fits exactly
+  check(sleb::cache_length(g, 4, opts) == 8, "symbolic: exactly enough");
+  opts.max_cache_len = 7;
+  check_throws<E>([&] { sleb::cache_length(g, 4, opts); }, "7 slots, fewer than the 8", "symbolic: too short");
+  opts.max_cache_len.reset();
+  check(sleb::cache_length(g, 4, opts) == 9, "symbolic default: prompt + new");
+  g.max_cache_len = 8;
+  check(sleb::cache_length(g, 4, opts) == 8, "fixed length");
+  check_throws<E>([&] { sleb::cache_length(g, 5, opts); }, "larger --max-cache-len", "fixed: too short");
+  opts.max_cache_len = 9;
+  check_throws<E>([&] { sleb::cache_length(g, 4, opts); }, "8 slots (fixed at export), not 9", "fixed: other length");
+  sleb::Limits lim;
+  check_throws<E>([&] { sleb::check_request(g, lim, {{1, 2, 3, 4, 5}}, opts); }, "fixed at export", "check_request");
+  const std::vector<int64_t> ok{0, 6}, past_end{0, 7}, negative{-1, 0};
+  sleb::check_static_step(2, 8, 2, 2, ok.data());
+  check_throws<E>([&] { sleb::check_static_step(2, 8, 2, 2, past_end.data()); }, "row 1 writes 2 token(s) at slot 7",
+                  "write past the buffer");
+  check_throws<E>([&] { sleb::check_static_step(2, 8, 2, 1, negative.data()); }, "slot -1", "negative slot");
+  check_throws<E>([&] { sleb::check_static_step(1, 8, 2, 1, ok.data()); }, "reserved for batch 1", "other batch");
 }
 
 void version_tests() {
@@ -121,6 +158,7 @@ int main() {
   json_tests();
   padding_tests();
   limits_tests();
+  static_cache_tests();
   version_tests();
   conversion_tests();
   prompt_tests();

@@ -9,7 +9,7 @@
 
 namespace sleb {
 
-// The graph's shape, whichever backend runs it.
+// The graph's shape and KV-cache contract (engines/README.md sections 3 and 5c), whichever backend runs it.
 struct GraphInfo {
   int64_t num_layers = 0;
   int64_t num_kv_heads = 0;
@@ -17,8 +17,12 @@ struct GraphInfo {
   int64_t vocab_size = 0;
   std::string dtype;  // fp32 | fp16 | bf16 (contract.py's keys)
   bool last_logits_only = false;
+  std::string kv_cache = "concat";  // concat | static (contract.KV_CACHE_CONTRACTS)
+  int64_t max_cache_len = 0;        // static: the buffer length fixed in the graph; 0 = symbolic (any length)
 
-  std::vector<std::string> input_names() const;   // input_ids, attention_mask, position_ids, past_key_values.*
+  bool is_static() const { return kv_cache == "static"; }
+  // input_ids, attention_mask, position_ids, write_indices (static only), past_key_values.*
+  std::vector<std::string> input_names() const;
   std::vector<std::string> output_names() const;  // logits, present.*
   size_t element_size() const;                    // bytes of one KV / logits element
 };
@@ -27,7 +31,7 @@ struct GraphInfo {
 struct Limits {
   int64_t max_batch = 0;
   int64_t max_input_len = 0;    // prompt length (the prefill profile's sequence_length)
-  int64_t max_context_len = 0;  // prompt + generated - 1 (the attention mask of the last forward)
+  int64_t max_context_len = 0;  // prompt + generated - 1 (the attention mask of the last forward; concat only)
   int64_t vocab_size = 0;       // every token id must be below it
 };
 

@@ -1,7 +1,8 @@
-// ONNX Runtime backend: model.onnx + export.json, through the C++ API. CPU by default; the CUDA execution
-// provider when asked for and the library has it (the onnxruntime-gpu wheel's library). KV buffers are
-// host memory here, so on CUDA every step copies the cache across; a CUDA server would bind device buffers
-// with Ort::IoBinding instead (not done: no GPU in CI to test it on).
+// ONNX Runtime backend: model.onnx + export.json, through the C++ API, either KV-cache contract (the static one
+// through Ort::IoBinding, each buffer bound as its layer's past input and present output). CPU by default; the
+// CUDA execution provider when asked for and the library has it (the onnxruntime-gpu wheel's library). KV
+// buffers are host memory here, so on CUDA every step copies the cache across; a CUDA server would bind device
+// buffers instead (not done: no GPU in CI to test it on).
 #pragma once
 
 #include <memory>

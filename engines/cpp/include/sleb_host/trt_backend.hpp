@@ -4,7 +4,10 @@
 //
 // Not run in CI: a plan needs an NVIDIA GPU even to be deserialized. Written against the TensorRT 10 C++ API
 // (IRuntime::deserializeCudaEngine, one IExecutionContext per optimization profile,
-// setOptimizationProfileAsync, setInputShape, setTensorAddress, enqueueV3).
+// setOptimizationProfileAsync, setInputShape, setTensorAddress, enqueueV3). Both KV-cache contracts: an engine
+// built from a `--kv-cache static --max-cache-len N` export binds one device buffer per K/V tensor as both its
+// past input and its present output (KVCacheUpdate updates it in place); that path has not been compiled against
+// TensorRT's own headers nor run (see trt_backend.cpp).
 #pragma once
 
 #include <memory>

@@ -86,7 +86,7 @@ class ExportCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.done: dict[tuple[str, str, str, bool, int, str], tuple[Any, Path, Any]] = {}
+        self.done: dict[tuple[str, str, str, bool, int, str, str | None], tuple[Any, Path, Any]] = {}
 
     def get(
         self,
@@ -96,19 +96,26 @@ class ExportCache:
         last: bool = False,
         num_layers: int = 3,
         kv_cache: str = "concat",
+        static_attention: str | None = None,
     ) -> tuple[Any, Path, Any]:
-        """(fp32 torch model, path of model.onnx, GraphSpec)."""
+        """(fp32 torch model, path of model.onnx, GraphSpec); ``static_attention`` as ``export_decoder_onnx``'s."""
         from sleb_deploy.export.onnx_graph import DEFAULT_VARIANT, export_decoder_onnx
 
         variant = variant or DEFAULT_VARIANT
-        key = (family, variant, dtype, last, num_layers, kv_cache)
+        key = (family, variant, dtype, last, num_layers, kv_cache, static_attention)
         if key not in self.done:
             model = tiny_model(family, num_layers, scaled=False)
-            out = self.root / f"{family}-{variant}-{dtype}-{int(last)}-{num_layers}-{kv_cache}"
+            out = self.root / f"{family}-{variant}-{dtype}-{int(last)}-{num_layers}-{kv_cache}-{static_attention}"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 spec = export_decoder_onnx(
-                    model, out, dtype=dtype, variant=variant, last_logits_only=last, kv_cache=kv_cache
+                    model,
+                    out,
+                    dtype=dtype,
+                    variant=variant,
+                    last_logits_only=last,
+                    kv_cache=kv_cache,
+                    static_attention=static_attention,
                 )
             self.done[key] = (model, out / "model.onnx", spec)
         return self.done[key]

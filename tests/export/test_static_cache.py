@@ -214,10 +214,12 @@ def test_trt_rtx_builds_static_variant(tmp_path: Path) -> None:
     cfg = BuildConfig(max_batch=2, max_input_len=16, max_context_len=32)
     with pytest.raises(UserInputError, match="--max-cache-len"):
         build_engine(tmp_path / "sym", tmp_path / "e0", cfg, backend="tensorrt_rtx")
-    export_decoder_onnx(model, tmp_path / "fixed", kv_cache="static", max_cache_len=32)
+    spec = export_decoder_onnx(model, tmp_path / "fixed", kv_cache="static", max_cache_len=32)
+    assert spec.attention == contract.ATTENTION_OP  # a fixed length: the Attention op, TensorRT's fused layer
     _, net, _parser = parse_network(trt, recording_logger(trt), tmp_path / "fixed" / "model.onnx")
     kinds = {net.get_layer(i).type.name for i in range(net.num_layers)}
     assert "KV_CACHE_UPDATE" in kinds  # TensorScatter becomes TensorRT's in-place cache update layer
+    assert "ATTENTION_INPUT" in kinds and "SOFTMAX" not in kinds
     manifest = build_engine(tmp_path / "fixed", tmp_path / "engine", cfg, backend="tensorrt_rtx")
     assert manifest.plan_bytes > 0 and manifest.build_options["kv_cache"] == "static"
     assert manifest.build_options["max_cache_len"] == 32

@@ -178,6 +178,10 @@ def test_export_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="unknown static attention"):
         export_decoder_onnx(model, tmp_path / "d", kv_cache="static", static_attention="flash")
     assert not [p for p in "abcd" if (tmp_path / p).exists()]
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+
+    with pytest.raises(UserInputError, match="static only"):  # refused before any model is loaded
+        export_checkpoint("no-such-model", tmp_path / "e", ExportConfig(static_attention="matmul"))
 
 
 def test_cli_fixed_length_static_export(llama_dir: Path, tmp_path: Path) -> None:

@@ -5,21 +5,26 @@
         -i ~/.cache/sleb-deploy/models/smollm2-135m -o /work/venvs/builder-smollm2-fp32 -p fp32 -e cpu
     python bench/static_cache_bench.py --builder /work/venvs/builder-smollm2-fp32 [--genai-venv /work/venvs/genai]
 
-1. Exports the default model (SmolLM2-135M, dense, fp32) with our exporter twice: the concatenating contract
-   (the default) and ``--kv-cache static`` (symbolic ``max_cache_len``), into ``--work`` (git-ignored).
-2. Loads the three graphs in ONE process, sessions sharing ONE ONNX Runtime intra-op pool (2 threads,
+1. Exports the default model (SmolLM2-135M, dense, fp32) with our exporter three times: the concatenating
+   contract (the default), ``--kv-cache static`` (symbolic ``max_cache_len``: the MatMul attention form) and
+   ``--kv-cache static --static-attention op`` (the Attention-op form a fixed length gets), into ``--work``
+   (git-ignored). ``--old-static``: a static graph exported by an earlier version, timed too.
+2. Loads the graphs in ONE process, sessions sharing ONE ONNX Runtime intra-op pool (2 threads,
    ``use_per_session_threads=False``), every call through ``run_with_iobinding``:
    - ``concat``: pasts bound as ``OrtValue``s ``[B, H, past, D]``, presents and logits allocated by ORT
      (what ``OrtGenerator`` does);
-   - ``static``: one buffer ``[B, H, L, D]`` per tensor bound as input and output (in place);
+   - ``static`` (and ``op``, ``old``): one buffer ``[B, H, L, D]`` per tensor bound as input and output
+     (in place);
    - ``builder``: the builder's ``GroupQueryAttention`` graph with its shared past/present buffer
      (``past_present_share_buffer``: the same ``[B, H, L, D]`` buffer as past and present, the mask as long as
      past + new), the way onnxruntime-genai runs it.
-   The buffer length L is the same for ``static`` and ``builder``: past + ``--headroom``. Random K/V.
+   The buffer length L is the same for ``static`` and ``builder``: past + new + ``--headroom``; ``static_tight``,
+   ``op_tight`` and ``old_tight``: exactly past + new. Random K/V.
 3. Times them interleaved (order rotated every round, after warm-up) at decode B=1/4/16 past 128, B=1/4 past
-   2048 and prefill B=1 S=128; medians and per-round ratios (each run over the builder's / concat's run of the
-   same round). Decode slope: ms per 1K tokens of context between past 128 and 2048. A sensitivity row times
-   ``static`` at past 128 with a 4096-slot buffer. Before timing, the three graphs' prefill logits are compared.
+   2048 and prefill B=1 S=128; medians and per-round ratios (each run over the builder's / concat's / the old
+   graph's run of the same round). Decode slope: ms per 1K tokens of context between past 128 and 2048. A
+   sensitivity row times ``static`` at past 128 with a 4096-slot buffer. Before timing, the graphs' prefill
+   logits are compared.
 4. Writes bench/results/static_cache.{json,md} with the machine load, versions and the command.
 """
 
@@ -29,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -53,16 +59,24 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+OURS = {  # graph name -> (directory under --work, export options)
+    "concat": ("concat", {"kv_cache": "concat"}),
+    "static": ("static-matmul", {"kv_cache": "static", "static_attention": "matmul"}),
+    "op": ("static-op", {"kv_cache": "static", "static_attention": "op"}),
+}
+
+
 def export_ours(work: Path) -> dict[str, Path]:
     from sleb_deploy.export.stage import ExportConfig, export_checkpoint
 
     out = {}
-    for kv in ("concat", "static"):
-        d = work / kv
-        if not (d / "export.json").is_file():
-            print(f"exporting {kv} -> {d}", flush=True)
-            export_checkpoint("smollm2-135m", d, ExportConfig(kv_cache=kv, force=True))
-        out[kv] = d / "model.onnx"
+    for name, (sub, options) in OURS.items():
+        d = work / sub
+        graph = json.loads((d / "export.json").read_text())["graph"] if (d / "export.json").is_file() else {}
+        if graph.get("attention") != options.get("static_attention"):
+            print(f"exporting {name} -> {d}", flush=True)
+            export_checkpoint("smollm2-135m", d, ExportConfig(**options, force=True))
+        out[name] = d / "model.onnx"
     return out
 
 
@@ -74,6 +88,7 @@ class Graph:
 
         self.ort = ort
         self.name = name
+        self.kind = name if name in ("concat", "builder") else "static"  # op, old: the static contract
         self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         ins = self.session.get_inputs()
@@ -98,7 +113,7 @@ class Graph:
             b.bind_cpu_input("position_ids", pos)
         b.bind_output("logits", "cpu")
         self._keep: list[Any] = []
-        if self.name == "concat":
+        if self.kind == "concat":
             b.bind_cpu_input("attention_mask", np.ones((batch, past + seq), dtype=np.int64))
             shape = (batch, self.kv_heads, past, self.head_dim)
             for n in self.past_names:
@@ -109,7 +124,7 @@ class Graph:
                 b.bind_output(n, "cpu")
             return b
         shape = (batch, self.kv_heads, length, self.head_dim)
-        if self.name == "static":
+        if self.kind == "static":
             mask = np.zeros((batch, length), dtype=np.int64)
             mask[:, : past + seq] = 1
             b.bind_cpu_input("attention_mask", mask)
@@ -142,21 +157,27 @@ def prefill_logits(graphs: list[Graph]) -> dict[str, float]:
     return {k: float(np.abs(v - ref).max()) for k, v in out.items() if k != "concat"}
 
 
+TIGHT = ("static_tight", "op_tight", "old_tight")  # a buffer of exactly past + new slots
+MINE = ("static", *TIGHT)
+BASES = ("builder", "concat", "old_tight")
+
+
 def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> list[dict[str, Any]]:
-    """Every shape: the three graphs (static and builder with a buffer of past + new + ``headroom`` slots) and
-    ``static_tight``, the static graph's session with a buffer of exactly past + new slots (the last step of a
+    """Every shape: every graph (static and builder with a buffer of past + new + ``headroom`` slots) and the
+    ``*_tight`` runs, the static graphs' sessions with a buffer of exactly past + new slots (the last step of a
     generation whose buffer the generator sized to prompt + new tokens)."""
     rows = []
     shapes = [(*s, s[3] + s[2] + headroom) for s in SHAPES]
     shapes.append(("decode B=1 past 128, 4096-slot buffer", 1, 1, 128, 4096))
     by_name = {g.name: g for g in graphs}
     for label, batch, seq, past, length in shapes:
-        todo = [g.name for g in graphs if "4096" not in label or g.name != "concat"]
-        if "4096" not in label:
-            todo.append("static_tight")
+        wide = "4096" in label
+        todo = [g.name for g in graphs if g.name in ("static", "builder") or not (wide or g.name in ("op", "old"))]
+        if not wide:
+            todo += [t for t in TIGHT if t.split("_")[0] in by_name]
         binds = {
             n: by_name[n.split("_")[0]].bind(
-                batch, seq, past, past + seq if n == "static_tight" else length, np.random.default_rng(1)
+                batch, seq, past, past + seq if n in TIGHT else length, np.random.default_rng(1)
             )
             for n in todo
         }
@@ -175,9 +196,9 @@ def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> lis
         for n in todo:
             t = np.array(times[n]) * 1e3
             row[n] = {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
-        for mine in ("static", "static_tight"):
-            for base in ("builder", "concat"):
-                if base in times and mine in times:
+        for mine in MINE:
+            for base in BASES:
+                if base in times and mine in times and base != mine:
                     paired = np.array(times[mine]) / np.array(times[base])
                     row[f"{mine}_over_{base}"] = round(float(np.median(paired)), 3)
                     row[f"{mine}_over_{base}_iqr"] = [round(float(np.percentile(paired, q)), 3) for q in (25, 75)]
@@ -186,9 +207,7 @@ def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> lis
         print(
             f"{label:40s} "
             + "  ".join(f"{n} {row[n]['median_ms']:.2f}" for n in todo)
-            + f"  static/builder {row.get('static_over_builder')}  static/concat {row.get('static_over_concat')}"
-            + f"  tight/builder {row.get('static_tight_over_builder')}"
-            + f"  tight/concat {row.get('static_tight_over_concat')}"
+            + "".join(f"  {k} {v}" for k, v in row.items() if "_over_" in k and not k.endswith("_iqr"))
             + f"  load {row['load'][0]}",
             flush=True,
         )
@@ -196,7 +215,8 @@ def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> lis
 
 
 def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> dict[str, Any]:
-    """Per-op-type time (ms per run, ORT's profiler, sessions of their own on the shared pool) at one decode shape."""
+    """Per-op-type time (ms per run, ORT's profiler, sessions of their own on the shared pool) at one decode shape;
+    the static graphs with a tight buffer, the builder with ``headroom`` spare slots (it stops at the length)."""
     import onnxruntime as ort
 
     batch, past, runs = *shape[:2], shape[2]
@@ -208,7 +228,7 @@ def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> 
         so.enable_profiling = True
         so.profile_file_prefix = str(Path("/tmp") / f"static-cache-profile-{g.name}")
         prof = Graph(g.name, g.path, so)
-        b = prof.bind(batch, 1, past, past + 1 + headroom, np.random.default_rng(2))
+        b = prof.bind(batch, 1, past, past + 1 + (0 if g.kind == "static" else headroom), np.random.default_rng(2))
         for _ in range(runs):
             prof.run(b)
         trace = json.loads(Path(prof.session.end_profiling()).read_text())
@@ -230,7 +250,8 @@ def slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         lo, hi = by[(batch, 128)], by[(batch, 2048)]
         out[f"B={batch}"] = {
             g: round((hi[g]["median_ms"] - lo[g]["median_ms"]) / 1.92, 2)
-            for g in ("static", "static_tight", "concat", "builder")
+            for g in ("static", *TIGHT, "concat", "builder")
+            if g in hi and g in lo
         }
     return out
 
@@ -246,6 +267,7 @@ def genai_versions(venv: Path) -> dict[str, str]:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    old = r.get("old_static")
     lines = [
         "# Static KV-cache graph vs concatenating graph vs onnxruntime-genai builder (ONNX Runtime CPU)",
         "",
@@ -255,33 +277,44 @@ def markdown(r: dict[str, Any]) -> str:
         f"Our onnxruntime {r['versions']['onnxruntime']}; the builder graph written by onnxruntime-genai "
         f"{r['versions']['builder_env']['onnxruntime_genai']} (its env: onnxruntime "
         f"{r['versions']['builder_env']['onnxruntime']}), `-p fp32 -e cpu`, {r['nodes']['builder']} nodes "
-        f"(ours: concat {r['nodes']['concat']}, static {r['nodes']['static']}), timed with our onnxruntime.",
+        f"(ours: {', '.join(f'{k} {v}' for k, v in r['nodes'].items() if k != 'builder')}), timed with our "
+        "onnxruntime.",
         f"Load average (1/5/15 min) before: {r['load_before']}, after: {r['load_after']} "
         f"on {r['machine']['cpus']} CPUs (shared machine). Command: `{r['command']}`.",
         f"Prefill logits vs concat (max |diff|): {r['logits_vs_concat']}.",
         "",
-        "`static`: buffer of past + new + headroom slots; `tight`: the same graph with a buffer of exactly past + new",
-        "slots. Ratios are medians of per-round ratios (runs adjacent in time).",
+        "Graphs: `static` = `--kv-cache static` (symbolic length: attention as MatMul/Softmax/MatMul, "
+        "export.json `graph.attention` = `matmul`), buffer of past + new + headroom slots; `tight`: the same "
+        "graph with a buffer of exactly past + new slots; `op`: `--static-attention op` (the Attention op, what a "
+        "fixed `--max-cache-len` gets), tight buffer"
+        + (f"; `old`: the static graph of an earlier version ({old}), tight buffer." if old else "."),
+        "Ratios are medians of per-round ratios (runs adjacent in time).",
         "",
-        "| shape | static (ms) | tight (ms) | concat (ms) | builder, shared buffer (ms) | static / builder | "
-        "tight / builder | static / concat | tight / concat |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| shape | static (ms) | tight (ms) | op (ms) | old (ms) | concat (ms) | builder, shared buffer (ms) | "
+        "static / builder | tight / builder | op / builder | old / builder | tight / concat | tight / old |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(row: dict[str, Any], key: str) -> str:
         return f"{row[key]['median_ms']:.2f}" if key in row else "–"
 
     for row in r["rows"]:
+        ratios = [
+            "static_over_builder", "static_tight_over_builder", "op_tight_over_builder", "old_tight_over_builder",
+            "static_tight_over_concat", "static_tight_over_old_tight",
+        ]  # fmt: skip
         lines.append(
-            f"| {row['shape']} | {ms(row, 'static')} | {ms(row, 'static_tight')} | {ms(row, 'concat')} | "
-            f"{ms(row, 'builder')} | {row.get('static_over_builder', '–')} | "
-            f"{row.get('static_tight_over_builder', '–')} | {row.get('static_over_concat', '–')} | "
-            f"{row.get('static_tight_over_concat', '–')} |"
+            f"| {row['shape']} | "
+            + " | ".join(ms(row, k) for k in ("static", "static_tight", "op_tight", "old_tight", "concat", "builder"))
+            + " | "
+            + " | ".join(str(row.get(k, "–")) for k in ratios)
+            + " |"
         )
     lines += ["", "Decode slope, ms per 1K tokens of context (past 128 -> 2048):", ""]
-    lines += ["| batch | static | tight | concat | builder |", "|---|---|---|---|---|"]
-    for batch, s in r["slopes"].items():
-        lines.append(f"| {batch} | {s['static']} | {s['static_tight']} | {s['concat']} | {s['builder']} |")
+    lines += ["| batch | static | tight | op | old | concat | builder |", "|---|---|---|---|---|---|---|"]
+    for batch, sl in r["slopes"].items():
+        cells = [sl.get(k, "–") for k in ("static", "static_tight", "op_tight", "old_tight", "concat", "builder")]
+        lines.append(f"| {batch} | " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"ORT profile, ms per run by op type ({r['profile']['shape']}, separate sessions):", ""]
     for name, ops in r["profile"]["ops"].items():
         lines.append(f"- {name}: " + ", ".join(f"{op} {t}" for op, t in ops.items()))
@@ -298,6 +331,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--headroom", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--old-static", type=Path, help="model.onnx of a static graph by an earlier version (timed too)")
+    ap.add_argument("--old-label", default="", help="what --old-static is (e.g. the commit that exported it)")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -306,25 +341,25 @@ def main() -> None:
 
     paths = export_ours(args.work)
     so = session_options(args.threads)
-    graphs = [
-        Graph("static", paths["static"], so),
-        Graph("concat", paths["concat"], so),
-        Graph("builder", args.builder / "model.onnx", so),
-    ]
+    graphs = [Graph(name, path, so) for name, path in paths.items()]
+    if args.old_static is not None:
+        graphs.append(Graph("old", args.old_static, so))
+    graphs.append(Graph("builder", args.builder / "model.onnx", so))
     diffs = prefill_logits(graphs)
     print("prefill logits vs concat", diffs, flush=True)
     load_before = _load()
     rows = measure(graphs, args.rounds, args.warmup, args.headroom)
     prof = {
-        "shape": f"decode B=16 past 128, buffer {129 + args.headroom}",
-        "ops": profile(graphs, (16, 128, 10), args.headroom),
+        "shape": f"decode B=4 past 2048, static buffers 2049 slots, the builder's {2049 + args.headroom}",
+        "ops": profile(graphs, (4, 2048, 8), args.headroom),
     }
     result = {
         "model": "smollm2-135m (SmolLM2-135M-Instruct)",
         "threads": args.threads,
         "rounds": args.rounds,
         "headroom": args.headroom,
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "old_static": (args.old_label or str(args.old_static)) if args.old_static else None,
+        "command": "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
         "versions": {"onnxruntime": ort.__version__, "builder_env": genai_versions(args.genai_venv)},
         "nodes": {g.name: g.nodes for g in graphs},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

@@ -22,6 +22,7 @@ from sleb_deploy.config import (
     Metric,
     PruneConfig,
     Scorer,
+    StaticAttention,
     Variant,
     WindowBos,
 )
@@ -305,6 +306,13 @@ def onnx_cmd(
         int | None,
         typer.Option(help="static cache: fix the buffer length in the graph (TensorRT) [default: symbolic]"),
     ] = E.max_cache_len,
+    static_attention: Annotated[
+        StaticAttention | None,
+        typer.Option(
+            help="static cache: attention as the ONNX Attention op or as MatMul/Softmax/MatMul "
+            "[default: op with --max-cache-len (TensorRT), else matmul (ONNX Runtime)]"
+        ),
+    ] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -315,6 +323,7 @@ def onnx_cmd(
     cfg = ExportConfig(
         dtype=dtype.value, variant=variant.value, last_logits_only=last_logits_only, external_data=external_data,
         force=force, kv_cache=kv_cache.value, max_cache_len=max_cache_len,
+        static_attention=None if static_attention is None else static_attention.value,
     )  # fmt: skip
     target = out if out is not None else Path("export") / model_name(model) / "onnx"
     result = run_stage(lambda: export_checkpoint(model, target, cfg))

@@ -56,6 +56,13 @@ class KvCache(str, Enum):
     STATIC = "static"  # preallocated buffers updated in place (TensorScatter), opset 24
 
 
+class StaticAttention(str, Enum):
+    """The static graph's attention formulation (``contract.STATIC_ATTENTION_FORMS``; engines/README.md 5c)."""
+
+    OP = "op"  # the ONNX Attention op (the default with a fixed --max-cache-len: TensorRT)
+    MATMUL = "matmul"  # MatMul / Softmax / MatMul (the default with a symbolic length: ONNX Runtime CPU)
+
+
 class WindowBos(str, Enum):
     """How calibration and evaluation windows start (``data.resolve_window_bos``; the family table's
     ``Adapter.window_bos`` decides ``auto``)."""
@@ -120,3 +127,4 @@ class ExportConfig:
     force: bool = False
     kv_cache: str = KvCache.CONCAT.value
     max_cache_len: int | None = None  # static contract: fixed buffer length (TensorRT); None = symbolic
+    static_attention: str | None = None  # static contract: "op" | "matmul"; None = by max_cache_len

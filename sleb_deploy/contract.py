@@ -43,6 +43,18 @@ WRITE_INDICES, MAX_CACHE = "write_indices", "max_cache_len"
 CONCAT, STATIC = "concat", "static"
 KV_CACHE_CONTRACTS = (CONCAT, STATIC)  # present = concat(past, new) | present = past with this step written in
 STATIC_OPSET = 24  # TensorScatter and Attention with nonpad_kv_seqlen
+# How a static graph computes attention over its buffers (export/static_cache.py): the ``Attention`` op, or
+# MatMul / Softmax / MatMul with the query heads of a KV head broadcast against it (engines/README.md 5c).
+ATTENTION_OP, ATTENTION_MATMUL = "op", "matmul"
+STATIC_ATTENTION_FORMS = (ATTENTION_OP, ATTENTION_MATMUL)
+
+
+def static_attention(max_cache_len: int | None) -> str:
+    """The static graph's attention formulation for a buffer length: fixed (``--max-cache-len``, what TensorRT
+    needs) -> the ``Attention`` op, which TensorRT fuses with its KV-cache update layer; symbolic (ONNX Runtime)
+    -> the MatMul form, whose decode-step GEMMs take MLAS's matrix-vector path (ONNX Runtime 1.32's CPU
+    ``Attention`` kernel does not; bench/results/static_cache.md)."""
+    return ATTENTION_OP if max_cache_len is not None else ATTENTION_MATMUL
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -283,6 +295,7 @@ class GraphSpec:
     initializer_bytes: int = 0
     kv_cache: str = CONCAT
     max_cache_len: int | None = None  # static contract: the buffer length fixed in the graph; None = symbolic
+    attention: str | None = None  # static contract: ATTENTION_OP | ATTENTION_MATMUL (static_attention); else None
     runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "tensorrt"])  # what can run the graph
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)

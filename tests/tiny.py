@@ -86,7 +86,7 @@ class ExportCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.done: dict[tuple[str, str, str, bool, int, str, int | None], tuple[Any, Path, Any]] = {}
+        self.done: dict[tuple[Any, ...], tuple[Any, Path, Any]] = {}
 
     def get(
         self,
@@ -97,15 +97,17 @@ class ExportCache:
         num_layers: int = 3,
         kv_cache: str = "concat",
         max_cache_len: int | None = None,
+        static_attention: str | None = None,
     ) -> tuple[Any, Path, Any]:
-        """(fp32 torch model, path of model.onnx, GraphSpec). ``max_cache_len``: a static graph's fixed buffer."""
+        """(fp32 torch model, path of model.onnx, GraphSpec). ``max_cache_len``: a static graph's fixed buffer;
+        ``static_attention`` as ``export_decoder_onnx``'s."""
         from sleb_deploy.export.onnx_graph import DEFAULT_VARIANT, export_decoder_onnx
 
         variant = variant or DEFAULT_VARIANT
-        key = (family, variant, dtype, last, num_layers, kv_cache, max_cache_len)
+        key = (family, variant, dtype, last, num_layers, kv_cache, max_cache_len, static_attention)
         if key not in self.done:
             model = tiny_model(family, num_layers, scaled=False)
-            out = self.root / f"{family}-{variant}-{dtype}-{int(last)}-{num_layers}-{kv_cache}-{max_cache_len}"
+            out = self.root / "-".join(map(str, (family, variant, dtype, int(last), *key[4:])))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 spec = export_decoder_onnx(
@@ -116,6 +118,7 @@ class ExportCache:
                     last_logits_only=last,
                     kv_cache=kv_cache,
                     max_cache_len=max_cache_len,
+                    static_attention=static_attention,
                 )
             self.done[key] = (model, out / "model.onnx", spec)
         return self.done[key]

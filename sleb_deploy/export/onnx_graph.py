@@ -117,11 +117,14 @@ def export_decoder_onnx(
     external_data: bool | None = None,
     kv_cache: str = contract.CONCAT,
     max_cache_len: int | None = None,
+    static_attention: str | None = None,
 ) -> GraphSpec:
     """Write ``out_dir/model.onnx`` (+ ``model.onnx_data`` if large or asked) and return its spec.
 
     ``kv_cache="static"``: the static-cache contract (``static_cache``), opset 24; ``max_cache_len`` fixes the
     buffer length in the graph (TensorRT needs it), ``None`` leaves it symbolic (ONNX Runtime).
+    ``static_attention``: the static graph's attention formulation (``contract.STATIC_ATTENTION_FORMS``);
+    ``None``: ``contract.static_attention(max_cache_len)``.
 
     ``model`` is cast to ``dtype`` for the export (a half-precision graph exported from a half-precision
     torch model; casting an fp32 ONNX afterwards breaks the rotary path) and cast back afterwards.
@@ -129,12 +132,13 @@ def export_decoder_onnx(
     onnx = require("onnx", "onnx")
     tdtype = graph_torch_dtype(dtype, variant)
     static = check_kv_cache(kv_cache, variant, max_cache_len)
+    form = _static_form(static, max_cache_len, static_attention)
     out_dir = Path(out_dir)
     orig_dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval().to(tdtype)
     try:
-        wrapper = _wrapper(model, variant, last_logits_only, static)
+        wrapper = _wrapper(model, variant, last_logits_only, form)
         use_ext, nbytes = external_data_decision(wrapper, external_data)
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the family and the options are known to work
         program, axes = trace_decoder(wrapper, tdtype, kv_cache, max_cache_len)
@@ -155,7 +159,9 @@ def export_decoder_onnx(
             )
         else:
             onnx.save_model(proto, str(onnx_path))
-        return graph_spec(wrapper, dtype, use_ext, nbytes, kv_cache, max_cache_len)
+        spec = graph_spec(wrapper, dtype, use_ext, nbytes, kv_cache, max_cache_len)
+        spec.attention = form
+        return spec
     finally:
         model.to(orig_dtype)
         model.train(was_training)
@@ -189,11 +195,27 @@ def check_kv_cache(kv_cache: str, variant: str, max_cache_len: int | None) -> bo
     return True
 
 
-def _wrapper(model: Any, variant: str, last_logits_only: bool, static: bool) -> ExportDecoder:
-    if static:
+def _static_form(static: bool, max_cache_len: int | None, static_attention: str | None) -> str | None:
+    """The static graph's attention formulation (None for the concatenating contract)."""
+    if not static:
+        if static_attention is not None:
+            raise UserInputError("--static-attention applies to --kv-cache static only")
+        return None
+    if static_attention is None:
+        return contract.static_attention(max_cache_len)
+    if static_attention not in contract.STATIC_ATTENTION_FORMS:
+        choices = ", ".join(contract.STATIC_ATTENTION_FORMS)
+        raise UserInputError(f"unknown static attention {static_attention!r} (choose from {choices})")
+    return static_attention
+
+
+def _wrapper(model: Any, variant: str, last_logits_only: bool, static_attention: str | None) -> ExportDecoder:
+    if static_attention is not None:
         from sleb_deploy.export.static_cache import StaticExportDecoder
 
-        return StaticExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
+        return StaticExportDecoder(
+            model, variant=variant, last_logits_only=last_logits_only, attention=static_attention
+        ).eval()
     return ExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
 
 

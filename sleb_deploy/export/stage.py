@@ -100,6 +100,8 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
 
     if cfg.dtype not in GRAPH_DTYPES:
         raise UserInputError(f"--dtype {cfg.dtype} is not one of {', '.join(GRAPH_DTYPES)}")
+    if cfg.static_attention is not None and cfg.kv_cache != "static":
+        raise UserInputError("--static-attention applies to --kv-cache static only")
     for module in ("onnx", "onnxscript", "onnxruntime"):  # a missing extra fails now, before the model loads
         require(module, "onnx")
     start = time.perf_counter()
@@ -113,6 +115,8 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
     # Streamed (export/streamed.py): weights written tensor by tensor from the safetensors, the reference
     # offloaded to them; at most one copy of the graph's weights in memory (ONNX Runtime's, while validating).
     model = offloaded_reference(Path(source.location)) if stream else load_model(source, dtype="fp32")
+    static_options = {"kv_cache": cfg.kv_cache, "max_cache_len": cfg.max_cache_len}
+    static_options["static_attention"] = cfg.static_attention
     with staged_dir(out, cfg.force) as tmp:
         export = partial(export_streamed, Path(source.location)) if stream else partial(export_decoder_onnx, model)
         spec = export(
@@ -121,7 +125,7 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
             variant=cfg.variant,
             last_logits_only=cfg.last_logits_only,
             external_data=cfg.external_data,
-            **({} if stream else {"kv_cache": cfg.kv_cache, "max_cache_len": cfg.max_cache_len}),
+            **({} if stream else static_options),
         )
         check: Any = partial(validate_against_torch, lean=True) if stream else validate_against_torch
         if cfg.kv_cache == "static":

@@ -38,6 +38,7 @@ def test_static_matches_hf_and_concat(exports: ExportCache, family: str) -> None
     model, concat_path, _ = exports.get(family)
     _, path, spec = exports.get(family, kv_cache="static")
     assert spec.kv_cache == "static" and spec.opset == 24 and spec.max_cache_len is None
+    assert spec.attention == contract.ATTENTION_MATMUL  # symbolic buffer length: the MatMul form
 
     res = validate_static_against_torch(model, path, batch=2, prompt_len=7, decode_steps=2, extra_slots=5)
     assert res["max_logits"] < 1e-4 and res["max_kv"] < 1e-4, res
@@ -76,12 +77,56 @@ def test_static_graph_io_and_ops(exports: ExportCache) -> None:
         assert rows[name]["dims"] == ["batch_size", 2, "max_cache_len", 8]
     proto = onnx.load(str(path))
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("TensorScatter") == 6 and ops.count("Attention") == 3
+    assert ops.count("TensorScatter") == 6 and ops.count("Attention") == 0 and ops.count("Softmax") == 3
     caches = set(contract.past_names(3))
     assert not [n for n in proto.graph.node if n.op_type == "Concat" and caches & set(n.input)]
     scatter = [n for n in proto.graph.node if n.op_type == "TensorScatter"]
     assert all(not n.attribute or n.attribute[0].s in (b"", b"linear") for n in scatter)  # TensorRT: linear only
     assert check_portable(proto) == []
+
+
+def test_matmul_form_runs_matrix_vector_gemms(exports: ExportCache, tmp_path: Path) -> None:
+    """The MatMul form's point (static_cache docstring): ONNX Runtime fuses Kᵀ into ``FusedMatMul`` (no
+    transposed copy of the buffer) with alpha 1 (the query is pre-scaled), so a decode step's one-row GEMMs
+    take MLAS's matrix-vector kernels; and the query heads of a KV head broadcast (no K/V repeat)."""
+    import onnx
+    import onnxruntime as ort
+
+    _, path, _ = exports.get("llama", kv_cache="static")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    fused = [n for n in nodes if n.op_type == "FusedMatMul"]
+    assert len(fused) == 3  # Q·Kᵀ of each layer
+    for n in fused:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["transB"] == 1 and attrs["alpha"] == 1.0 and not attrs.get("transA"), attrs
+    assert not [n for n in nodes if n.op_type in ("Expand", "Tile")]
+
+
+@pytest.mark.parametrize("family", ["opt", "phi3", "gemma2", "gemma3_text"])
+def test_attention_op_form_matches(exports: ExportCache, family: str) -> None:
+    """The ``op`` form (what a fixed ``--max-cache-len`` gets): the same numerics, and the same tokens as the
+    MatMul form (checked against transformers above), left and right padding. The families cover the
+    query's pre-scaling (OPT), partial rotary (Phi-3), softcap and sliding windows (Gemma-2/3)."""
+    import onnx
+
+    from sleb_deploy.export.ort_generate import OrtGenerator
+    from sleb_deploy.export.validate import make_inputs
+    from sleb_deploy.export.validate_static import validate_static_against_torch
+
+    model, path, spec = exports.get(family, kv_cache="static", static_attention=contract.ATTENTION_OP)
+    assert spec.attention == contract.ATTENTION_OP
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Attention") == 3
+    res = validate_static_against_torch(model, path, batch=2, prompt_len=7, decode_steps=2, extra_slots=5)
+    assert res["max_logits"] < 1e-4 and res["max_kv"] < 1e-4, res
+    ids, mask = (t.numpy() for t in make_inputs(3, PROMPT, VOCAB, left_pad=True, seed=3))
+    op, mm = OrtGenerator(path), OrtGenerator(exports.get(family, kv_cache="static")[1])
+    np.testing.assert_array_equal(op.generate(ids, mask, NEW, max_cache_len=20), mm.generate(ids, mask, NEW))
+    rid, rmask = _right_padded(ids, mask)
+    np.testing.assert_array_equal(op.generate(rid, rmask, NEW), mm.generate(rid, rmask, NEW))
 
 
 def test_bad_input_is_refused_before_running(exports: ExportCache) -> None:
@@ -128,7 +173,15 @@ def test_export_options_are_checked(tmp_path: Path) -> None:
         export_decoder_onnx(model, tmp_path / "a", variant="opset18", kv_cache="static")
     with pytest.raises(UserInputError, match="static only"):
         export_decoder_onnx(model, tmp_path / "b", max_cache_len=64)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(UserInputError, match="static only"):
+        export_decoder_onnx(model, tmp_path / "c", static_attention="op")
+    with pytest.raises(UserInputError, match="unknown static attention"):
+        export_decoder_onnx(model, tmp_path / "d", kv_cache="static", static_attention="flash")
+    assert not [p for p in "abcd" if (tmp_path / p).exists()]
+    from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+
+    with pytest.raises(UserInputError, match="static only"):  # refused before any model is loaded
+        export_checkpoint("no-such-model", tmp_path / "e", ExportConfig(static_attention="matmul"))
 
 
 def test_cli_fixed_length_static_export(llama_dir: Path, tmp_path: Path) -> None:
@@ -143,6 +196,7 @@ def test_cli_fixed_length_static_export(llama_dir: Path, tmp_path: Path) -> None
     assert result.exit_code == 0, result.stderr
     graph = json.loads((out / "export.json").read_text())["graph"]
     assert (graph["kv_cache"], graph["max_cache_len"], graph["opset"]) == ("static", 24, 24)
+    assert graph["attention"] == "op"  # a fixed length is for TensorRT: the Attention op
     assert graph["runtimes"] == ["onnxruntime", "tensorrt"]
     validation = json.loads(result.stdout)["validation"]
     assert validation["status"] == "passed" and validation["cache_len"] == 24
@@ -164,10 +218,12 @@ def test_trt_rtx_builds_static_variant(tmp_path: Path) -> None:
     cfg = BuildConfig(max_batch=2, max_input_len=16, max_context_len=32)
     with pytest.raises(UserInputError, match="--max-cache-len"):
         build_engine(tmp_path / "sym", tmp_path / "e0", cfg, backend="tensorrt_rtx")
-    export_decoder_onnx(model, tmp_path / "fixed", kv_cache="static", max_cache_len=32)
+    spec = export_decoder_onnx(model, tmp_path / "fixed", kv_cache="static", max_cache_len=32)
+    assert spec.attention == contract.ATTENTION_OP  # a fixed length: the Attention op, TensorRT's fused layer
     _, net, _parser = parse_network(trt, recording_logger(trt), tmp_path / "fixed" / "model.onnx")
     kinds = {net.get_layer(i).type.name for i in range(net.num_layers)}
     assert "KV_CACHE_UPDATE" in kinds  # TensorScatter becomes TensorRT's in-place cache update layer
+    assert "ATTENTION_INPUT" in kinds and "SOFTMAX" not in kinds
     manifest = build_engine(tmp_path / "fixed", tmp_path / "engine", cfg, backend="tensorrt_rtx")
     assert manifest.plan_bytes > 0 and manifest.build_options["kv_cache"] == "static"
     assert manifest.build_options["max_cache_len"] == 32

@@ -35,7 +35,6 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 
-
 class _OneLineErrors(typer.core.TyperGroup):
     """Usage errors (a bad choice, a missing option) as one ``error: ...`` line on stderr with click's exit
     code 2, like every other user mistake, instead of a framed usage box."""

@@ -65,6 +65,8 @@ DEFAULT_EVAL = "wiki-summaries"
 WindowBos = Literal["always", "never"]
 WINDOW_BOS: tuple[WindowBos, ...] = ("always", "never")
 WINDOW_BOS_CHOICES = ("auto", *WINDOW_BOS)
+
+
 def resolve_window_bos(choice: str, model_type: str) -> WindowBos:
     """`auto` -> the family's `window_bos` in the family table (`models/adapters.py`; "never" for a family
     it does not list); `always`/`never` as given."""

@@ -116,6 +116,14 @@ OptLevelOpt = Annotated[int | None, typer.Option(help="TensorRT builder optimiza
 WorkspaceOpt = Annotated[int | None, typer.Option(help="TensorRT workspace limit in MiB [default: no limit]")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace existing outputs")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout, nothing else")]
+ValidateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--validate/--no-validate",
+        help="compare ONNX Runtime with PyTorch before writing (--no-validate: a big model on a small machine; "
+        "export.json then says the check was skipped)",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress output")]
 
 
@@ -312,6 +320,7 @@ def onnx_cmd(
             "[default: op with --max-cache-len (TensorRT), else matmul (ONNX Runtime)]"
         ),
     ] = None,
+    validate: ValidateOpt = E.validate,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -322,7 +331,7 @@ def onnx_cmd(
     cfg = ExportConfig(
         dtype=dtype.value, variant=variant.value, last_logits_only=last_logits_only, external_data=external_data,
         force=force, kv_cache=kv_cache.value, max_cache_len=max_cache_len,
-        static_attention=None if static_attention is None else static_attention.value,
+        static_attention=None if static_attention is None else static_attention.value, validate=validate,
     )  # fmt: skip
     target = out if out is not None else Path("export") / model_name(model) / "onnx"
     result = run_stage(lambda: export_checkpoint(model, target, cfg))
@@ -380,6 +389,7 @@ def export_cmd(
     max_context_len: MaxContextOpt = BC.max_context_len,
     opt_level: OptLevelOpt = BC.builder_optimization_level,
     workspace_mib: WorkspaceOpt = BC.workspace_mib,
+    validate: ValidateOpt = E.validate,
     force: Annotated[bool, typer.Option("--force", help="redo and replace existing outputs")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -392,7 +402,7 @@ def export_cmd(
                           metric=metric.value, blocks=_blocks(blocks), eval_text=eval_text,
                           eval_windows=eval_windows, window_bos=window_bos.value, device=device),
         export=ExportConfig(dtype=dtype.value, variant=variant.value, last_logits_only=last_logits_only,
-                            kv_cache=kv_cache.value, max_cache_len=max_cache_len),
+                            kv_cache=kv_cache.value, max_cache_len=max_cache_len, validate=validate),
         build=_build_config(max_batch, opt_batch, max_input_len, max_context_len, opt_level, workspace_mib),
         name=name, pruned_checkpoint=pruned, engines=engines.value, force=force,
     )  # fmt: skip

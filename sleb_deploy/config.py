@@ -128,3 +128,4 @@ class ExportConfig:
     kv_cache: str = KvCache.CONCAT.value
     max_cache_len: int | None = None  # static contract: fixed buffer length (TensorRT); None = symbolic
     static_attention: str | None = None  # static contract: "op" | "matmul"; None = by max_cache_len
+    validate: bool = True  # compare with PyTorch before writing (False: export.json says "skipped")

@@ -152,6 +152,8 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
 
 
 def _validate(model: Any, onnx_path: Path, cfg: ExportConfig, validate: Any) -> dict[str, Any]:
+    if not cfg.validate:
+        return {"status": "skipped", "reason": "--no-validate: the graph was not compared with PyTorch"}
     if cfg.dtype == "bf16":
         return {"status": "skipped", "reason": "ONNX Runtime cannot be fed bf16 from numpy; export fp32/fp16 to check"}
     tol = cfg.tolerance if cfg.tolerance is not None else TOLERANCE[cfg.dtype]

@@ -66,6 +66,24 @@ def test_validation_failure_writes_nothing(llama_dir: Path, tmp_path: Path) -> N
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_no_validate_skips_the_check_and_says_so(llama_dir: Path, tmp_path: Path) -> None:
+    """``--no-validate`` (big models on small machines): the graph is written and works, export.json and the
+    printed line say the comparison with PyTorch was skipped (the tolerance that fails every check is unused)."""
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["onnx", "--model", str(llama_dir), "--out", str(out), "--no-validate"])
+    assert result.exit_code == 0, result.output
+    assert "validation skipped: --no-validate" in result.output
+    manifest = ExportManifest.read(out)
+    assert manifest.validation["status"] == "skipped" and manifest.options["validate"] is False
+    ids = np.array([[5, 6, 7]])
+    from sleb_deploy.export.ort_generate import OrtGenerator
+
+    got = OrtGenerator(out / "model.onnx").generate(ids, np.ones_like(ids), max_new_tokens=3)
+    assert got.shape == (1, 6)
+    with pytest.raises(ValidationError):  # the same checkpoint with the check on and an impossible tolerance
+        export_checkpoint(str(llama_dir), tmp_path / "v", ExportConfig(tolerance=-1.0, validate=True))
+
+
 def test_bad_input(tmp_path: Path, llama_dir: Path) -> None:
     (tmp_path / "noconf").mkdir()
     result = runner.invoke(app, ["onnx", "--model", str(tmp_path / "noconf"), "--out", str(tmp_path / "o")])

@@ -46,7 +46,7 @@ Derivation = tuple[Callable[[list[torch.Tensor]], torch.Tensor], list[torch.Tens
 
 def fused_transposed(weights: list[torch.Tensor]) -> torch.Tensor:
     """``[in, sum(out)]``: projection weights stacked along their outputs, then transposed for ``MatMul(x, W)``."""
-    return torch.cat(weights).t().contiguous()
+    return torch.cat([w.t() for w in weights], dim=1)  # one strided copy (cat, then transpose: two)
 
 
 def _transposed(weights: list[torch.Tensor]) -> torch.Tensor:

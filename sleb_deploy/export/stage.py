@@ -3,15 +3,16 @@
 The output directory is what hosts load: `model.onnx` (+ `model.onnx_data`), `config.json`,
 `generation_config.json` and the tokenizer files, so Optimum's `ORTModelForCausalLM.from_pretrained(dir)` and
 onnxruntime-genai-style hosts can use it as it is. Validation (ONNX Runtime vs PyTorch: prefill and two chained
-decode steps at batch 2 with left padding) always runs before the directory is renamed into place; beyond the
-dtype's tolerance nothing is written.
+decode steps at batch 2 with left padding) runs before the directory is renamed into place (unless
+`--no-validate`, recorded as skipped); beyond the dtype's tolerance nothing is written.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from sleb_deploy.config import ExportConfig
 from sleb_deploy.contract import CONCAT, GRAPH_DTYPES, element_type
 from sleb_deploy.errors import UserInputError, ValidationError
 from sleb_deploy.export.manifest import ExportManifest
-from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, resolve_model
+from sleb_deploy.models.load import ModelSource, load_model, load_tokenizer, local_checksum, resolve_model
 from sleb_deploy.prune.manifest import SlebManifest
 
 # Max |logits| and |KV| difference ONNX Runtime vs PyTorch (fp32 reference). fp16 rounds activations to
@@ -94,10 +95,6 @@ def _legacy_tokenizer_config(directory: Path) -> None:
 
 def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportManifest:
     """Export, validate and lay out one checkpoint (dense or pruned) as an ONNX directory."""
-    from sleb_deploy.export.onnx_graph import export_decoder_onnx
-    from sleb_deploy.export.streamed import export_streamed, offloaded_reference, streamable
-    from sleb_deploy.export.validate import validate_against_torch
-
     if cfg.dtype not in GRAPH_DTYPES:
         raise UserInputError(f"--dtype {cfg.dtype} is not one of {', '.join(GRAPH_DTYPES)}")
     if cfg.static_attention is not None and cfg.kv_cache != "static":
@@ -107,7 +104,21 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
     start = time.perf_counter()
     out = Path(out)
     check_writable_target(out, cfg.force)
-    source = resolve_model(model_spec)
+    source = resolve_model(model_spec, checksum=False)
+    # The weights' checksum (a local checkpoint's files hashed) runs beside the export: hashlib and file reads
+    # release the GIL, the trace is one Python thread.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checksum = pool.submit(local_checksum, source)
+        return _export_checkpoint(source, checksum, out, cfg, start)
+
+
+def _export_checkpoint(
+    source: ModelSource, checksum: Future[str | None], out: Path, cfg: ExportConfig, start: float
+) -> ExportManifest:
+    from sleb_deploy.export.onnx_graph import export_decoder_onnx
+    from sleb_deploy.export.streamed import export_streamed, offloaded_reference, streamable
+    from sleb_deploy.export.validate import validate_against_torch
+
     tokenizer = load_tokenizer(source)
     # The static-cache variant is traced from the model in memory (export/static_cache.py); the concatenating
     # graph streams from a local safetensors checkpoint.
@@ -137,7 +148,7 @@ def export_checkpoint(model_spec: str, out: Path, cfg: ExportConfig) -> ExportMa
         tokenizer.save_pretrained(tmp)
         _legacy_tokenizer_config(tmp)
         manifest = ExportManifest(
-            model=source,
+            model=replace(source, checksum=checksum.result()),
             graph=spec,
             validation=validation,
             pruning=_pruning_summary(source),

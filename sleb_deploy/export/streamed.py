@@ -55,6 +55,8 @@ from sleb_deploy.export.onnx_graph import (
 )
 
 INDEX = "model.safetensors.index.json"
+WRITE_WORKERS = 2
+WRITE_IN_FLIGHT_BYTES = 256 << 20
 SINGLE = "model.safetensors"
 
 
@@ -276,8 +278,17 @@ def export_streamed(
     if data_path.exists():
         data_path.unlink()
     if use_ext:
-        # Serially (one tensor in flight), dense; the onnx.save_model path puts tensors >= 1 KiB outside too.
-        ir.external_data.unload_from_model(model_ir, out_dir, data_path.name, size_threshold_bytes=1023)
+        # Dense, in declaration order (the bytes of a serial write); the onnx.save_model path puts tensors
+        # >= 1 KiB outside too. Two workers overlap reading/transposing one tensor with writing another (both
+        # release the GIL); their tensors in flight are bounded by WRITE_IN_FLIGHT_BYTES + the largest tensor.
+        ir.external_data.unload_from_model(
+            model_ir,
+            out_dir,
+            data_path.name,
+            size_threshold_bytes=1023,
+            max_workers=WRITE_WORKERS,
+            max_in_flight_bytes=WRITE_IN_FLIGHT_BYTES,
+        )
     proto = ir.serde.serialize_model(model_ir)
     del model_ir
     finish_proto(proto, axes)

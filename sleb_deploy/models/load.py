@@ -58,8 +58,15 @@ def _weights_checksum(directory: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_model(spec: str) -> ModelSource:
-    """Turn `--model` into a source; a local path that does not exist is an error, not a hub lookup."""
+def local_checksum(source: ModelSource) -> str | None:
+    """The checksum `resolve_model` records for a local checkpoint (None for the other kinds)."""
+    return _weights_checksum(Path(source.location)) if source.kind == "local" else source.checksum
+
+
+def resolve_model(spec: str, *, checksum: bool = True) -> ModelSource:
+    """Turn `--model` into a source; a local path that does not exist is an error, not a hub lookup.
+    ``checksum=False``: a local checkpoint's checksum is left None, for the caller to compute with
+    `local_checksum` beside other work (hashing 2 GB takes over a second)."""
     if spec in ZOO:
         directory, weights_sha256 = ensure_zoo_model(spec)  # already verified: no second hash of the weights
         return ModelSource(spec, "zoo", str(directory), weights_sha256)
@@ -69,7 +76,7 @@ def resolve_model(spec: str) -> ModelSource:
             raise UserInputError(f"--model {spec} is a file; give a Hugging Face checkpoint directory")
         if not (path / "config.json").is_file():
             raise UserInputError(f"--model {spec} has no config.json; is it a Hugging Face checkpoint directory?")
-        return ModelSource(spec, "local", str(path.resolve()), _weights_checksum(path))
+        return ModelSource(spec, "local", str(path.resolve()), _weights_checksum(path) if checksum else None)
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return ModelSource(spec, "hub", spec, None)
     raise UserInputError(

@@ -15,6 +15,7 @@ from sleb_deploy.cli import app
 from sleb_deploy.errors import ValidationError
 from sleb_deploy.export.manifest import ExportManifest
 from sleb_deploy.export.stage import ExportConfig, export_checkpoint
+from sleb_deploy.models.load import resolve_model
 from sleb_deploy.prune.manifest import SlebManifest
 
 runner = CliRunner()
@@ -35,6 +36,9 @@ def test_export_layout_manifest_and_generation(llama_dir: Path, tmp_path: Path) 
     assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "export.json"} <= names
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["graph"]["num_layers"] == 6 and manifest["pruning"] == {"pruned": False}
+    # The checksum is computed beside the export (a thread) and is the one resolve_model gives.
+    checksum = resolve_model(str(llama_dir)).checksum
+    assert checksum and manifest["model"]["checksum"] == checksum
     config = json.loads((out / "config.json").read_text())
     assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]  # spelled for old transformers too
 

@@ -59,6 +59,7 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+NOTES = "<!-- notes: kept when the table is regenerated -->"
 OURS = {  # graph name -> (directory under --work, export options)
     "concat": ("concat", {"kv_cache": "concat"}),
     "static": ("static-matmul", {"kv_cache": "static", "static_attention": "matmul"}),
@@ -72,8 +73,8 @@ def export_ours(work: Path) -> dict[str, Path]:
     out = {}
     for name, (sub, options) in OURS.items():
         d = work / sub
-        graph = json.loads((d / "export.json").read_text())["graph"] if (d / "export.json").is_file() else {}
-        if graph.get("attention") != options.get("static_attention"):
+        graph = json.loads((d / "export.json").read_text())["graph"] if (d / "export.json").is_file() else None
+        if graph is None or graph.get("attention") != options.get("static_attention"):
             print(f"exporting {name} -> {d}", flush=True)
             export_checkpoint("smollm2-135m", d, ExportConfig(**options, force=True))
         out[name] = d / "model.onnx"
@@ -215,11 +216,13 @@ def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> lis
 
 
 def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> dict[str, Any]:
-    """Per-op-type time (ms per run, ORT's profiler, sessions of their own on the shared pool) at one decode shape;
-    the static graphs with a tight buffer, the builder with ``headroom`` spare slots (it stops at the length)."""
+    """ORT's profiler at one decode shape ``(batch, past, runs)``, sessions of their own on the shared pool; the
+    static graphs with a tight buffer, the builder with ``headroom`` spare slots (it stops at the length). Per
+    graph: the top op types (ms per run), the mean run, the sum of its kernels, and the nodes run per step
+    (the difference run - kernels is the executor's per-node cost)."""
     import onnxruntime as ort
 
-    batch, past, runs = *shape[:2], shape[2]
+    batch, past, runs = shape
     out = {}
     for g in graphs:
         so = ort.SessionOptions()
@@ -233,12 +236,20 @@ def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> 
             prof.run(b)
         trace = json.loads(Path(prof.session.end_profiling()).read_text())
         by_op: dict[str, float] = {}
+        kernels = 0
         for ev in trace:
             if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
                 op = ev["args"]["op_name"]
                 by_op[op] = by_op.get(op, 0.0) + ev["dur"]
+                kernels += 1
+        model_runs = [ev["dur"] for ev in trace if ev.get("name") == "model_run"]
         top = sorted(by_op.items(), key=lambda kv: -kv[1])[:6]
-        out[g.name] = {op: round(us / runs / 1e3, 2) for op, us in top}
+        out[g.name] = {
+            "ops": {op: round(us / runs / 1e3, 2) for op, us in top},
+            "run_ms": round(float(np.mean(model_runs)) / 1e3, 2),  # mean, like the kernels' sum
+            "kernels_ms": round(sum(by_op.values()) / runs / 1e3, 2),
+            "nodes_per_run": kernels // runs,
+        }
     return out
 
 
@@ -315,9 +326,14 @@ def markdown(r: dict[str, Any]) -> str:
     for batch, sl in r["slopes"].items():
         cells = [sl.get(k, "–") for k in ("static", "static_tight", "op_tight", "old_tight", "concat", "builder")]
         lines.append(f"| {batch} | " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", f"ORT profile, ms per run by op type ({r['profile']['shape']}, separate sessions):", ""]
-    for name, ops in r["profile"]["ops"].items():
-        lines.append(f"- {name}: " + ", ".join(f"{op} {t}" for op, t in ops.items()))
+    for p in r["profiles"]:
+        lines += ["", f"ORT profile ({p['shape']}, separate sessions), ms per run:", ""]
+        lines += ["| graph | run | kernels | outside kernels | nodes run | top op types |", "|---|---|---|---|---|---|"]
+        for name, g in p["graphs"].items():
+            ops = ", ".join(f"{op} {t}" for op, t in g["ops"].items())
+            outside = g["run_ms"] - g["kernels_ms"]
+            cells = [name, g["run_ms"], g["kernels_ms"], f"{outside:.2f}", g["nodes_per_run"], ops]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -349,10 +365,14 @@ def main() -> None:
     print("prefill logits vs concat", diffs, flush=True)
     load_before = _load()
     rows = measure(graphs, args.rounds, args.warmup, args.headroom)
-    prof = {
-        "shape": f"decode B=4 past 2048, static buffers 2049 slots, the builder's {2049 + args.headroom}",
-        "ops": profile(graphs, (4, 2048, 8), args.headroom),
-    }
+    prof = [
+        {
+            "shape": f"decode B={b} past {past}, static buffers {past + 1} slots, "
+            f"the builder's {past + 1 + args.headroom}",
+            "graphs": profile(graphs, (b, past, runs), args.headroom),
+        }
+        for b, past, runs in ((1, 128, 60), (4, 2048, 8))
+    ]
     result = {
         "model": "smollm2-135m (SmolLM2-135M-Instruct)",
         "threads": args.threads,
@@ -368,12 +388,14 @@ def main() -> None:
         "logits_vs_concat": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         "rows": rows,
         "slopes": slopes(rows),
-        "profile": prof,
+        "profiles": prof,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "static_cache.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "static_cache.md").write_text(markdown(result))
+    md = RESULTS / "static_cache.md"
+    notes = md.read_text().partition(NOTES)[2] if md.is_file() else ""  # hand-written findings, kept on rewrite
+    md.write_text(markdown(result) + "\n" + NOTES + notes)
     print(markdown(result))
 
 

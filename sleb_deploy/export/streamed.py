@@ -55,9 +55,9 @@ from sleb_deploy.export.onnx_graph import (
 )
 
 INDEX = "model.safetensors.index.json"
-WRITE_WORKERS = 2
-WRITE_IN_FLIGHT_BYTES = 256 << 20
 SINGLE = "model.safetensors"
+WRITE_WORKERS = 2  # threads writing model.onnx_data (reading/transposing one tensor while writing another)
+WRITE_IN_FLIGHT_BYTES = 256 << 20  # their materialized tensors, besides the largest one
 
 
 def _fold_limit() -> int:

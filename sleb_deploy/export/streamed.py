@@ -7,7 +7,8 @@ copy of the graph's weights, and only while ONNX Runtime validates it.
 
 How (same graph, nodes and initializer bytes, as the in-memory export of the same checkpoint; tested):
 
-1. **Trace without weights.** The HF model is built from its config with accelerate's ``init_empty_weights``
+1. **Trace without weights** (one block of each kind, then replicated: ``export/replicate.py``).
+   The HF model is built from its config with accelerate's ``init_empty_weights``
    (parameters on the meta device, buffers such as rotary frequencies real) and cast to the graph dtype, then
    wrapped in the same ``ExportDecoder``: its fused, pre-transposed buffers are meta too. Before tracing, every
    meta tensor is replaced: a small one (at most the constant folder's input limit, so everything the
@@ -18,7 +19,9 @@ How (same graph, nodes and initializer bytes, as the in-memory export of the sam
    reads its sources from the safetensors files (``safe_open``, one tensor at a time), casts them exactly as
    the in-memory path does (checkpoint dtype -> fp32 -> graph dtype) and applies the exporter's own recipe
    (``ExportDecoder``'s ``derived`` table: the same function that built the fused buffer). ``onnx_ir`` then writes
-   them serially into ``model.onnx_data`` and the graph proto is saved without its data. A graph under the
+   them into ``model.onnx_data``, densely in declaration order, with two threads (one reads and transposes a
+   tensor while the other writes; at most ``WRITE_IN_FLIGHT_BYTES`` besides the largest tensor in memory), and
+   the graph proto is saved without its data. A graph under the
    protobuf limit that is kept in one file is materialised in the proto (then at most ~2x its bytes, < 4 GB).
 3. **Validate one copy at a time.** ONNX Runtime holds the graph's weights (external data read once, no
    pre-packed copies, no constant folding of fp16->fp32 casts, no arena); the PyTorch reference is the HF model

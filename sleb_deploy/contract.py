@@ -129,6 +129,15 @@ def position_ids(attention_mask: np.ndarray, seq_len: int) -> np.ndarray:
     return out
 
 
+def _greedy_tokens(logits: np.ndarray, done: np.ndarray, fill: int, eos_token_id: int | None) -> np.ndarray:
+    """Each row's next token (argmax of ``logits [B, vocab]``; ``fill`` for rows already done); marks the rows
+    that produced ``eos_token_id`` in ``done`` (in place)."""
+    nxt = np.where(done, fill, logits.argmax(axis=-1).astype(np.int64))
+    if eos_token_id is not None:
+        done |= nxt == eos_token_id
+    return nxt
+
+
 def greedy_concat_loop(
     step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     input_ids: np.ndarray,
@@ -152,13 +161,10 @@ def greedy_concat_loop(
     cur, out = ids, [ids]
     done = np.zeros(batch, dtype=bool)
     for _ in range(max_new_tokens):
-        logits = step(cur, mask, pos[:, -cur.shape[1] :])
-        nxt = np.where(done, fill, logits.argmax(axis=-1).astype(np.int64))
+        nxt = _greedy_tokens(step(cur, mask, pos[:, -cur.shape[1] :]), done, fill, eos_token_id)
         out.append(nxt[:, None])
-        if eos_token_id is not None:
-            done |= nxt == eos_token_id
-            if done.all():
-                break
+        if done.all():
+            break
         cur = nxt[:, None]
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
         pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
@@ -211,13 +217,10 @@ def greedy_static_loop(
     rows = np.arange(batch)
     for k in range(max_new_tokens):
         at = last - write if k == 0 and not last_logits_only else np.zeros(batch, dtype=np.int64)
-        logits = step(cur, buf_mask, pos, write, at)
-        nxt = np.where(done, fill, logits.argmax(axis=-1).astype(np.int64))
+        nxt = _greedy_tokens(step(cur, buf_mask, pos, write, at), done, fill, eos_token_id)
         out.append(nxt[:, None])
-        if eos_token_id is not None:
-            done |= nxt == eos_token_id
-            if done.all():
-                break
+        if done.all():
+            break
         if k == max_new_tokens - 1:
             break
         write = last + 1 if k == 0 else write + 1

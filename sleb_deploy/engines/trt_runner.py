@@ -192,13 +192,7 @@ class TrtEngine:
             context.set_tensor_address(name, buf.data_ptr())
         for name, buf in zip(self.present_names, dst, strict=True):
             context.set_tensor_address(name, buf.data_ptr())
-        with self.torch.cuda.stream(self.stream):
-            logits = self.torch.empty(
-                tuple(context.get_tensor_shape(contract.LOGITS)), dtype=self.logits_dtype, device=self.device
-            )
-        context.set_tensor_address(contract.LOGITS, logits.data_ptr())
-        if not context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError(f"TensorRT could not run the step (batch {batch}, seq {seq}): {self._last_error()}")
+        logits = self._execute(context, batch, seq)
         self._src = 1 - self._src
         return logits
 
@@ -224,6 +218,10 @@ class TrtEngine:
             context.set_input_shape(past, cache_shape)
             context.set_tensor_address(past, buf.data_ptr())
             context.set_tensor_address(present, buf.data_ptr())  # the same address: the in-place update
+        return self._execute(context, batch, seq)
+
+    def _execute(self, context: Any, batch: int, seq: int) -> Any:
+        """Allocate the logits for the shapes set on ``context``, bind them and enqueue the step on the stream."""
         with self.torch.cuda.stream(self.stream):
             logits = self.torch.empty(
                 tuple(context.get_tensor_shape(contract.LOGITS)), dtype=self.logits_dtype, device=self.device

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from sleb_deploy.engines.triton_generate import GenerateSettings
-from sleb_deploy.engines.triton_onnx import InstanceKind, TritonConfig, TritonKind
+from sleb_deploy.engines.triton_onnx import InstanceKind, TritonConfig, TritonKind, write_onnx_triton_repository
 
 _D, _G = TritonConfig(), GenerateSettings()
 
@@ -48,7 +48,6 @@ def triton_cmd(
 ) -> None:
     """Write Triton models for an exported ONNX directory: onnxruntime_onnx and a python-backend generate model."""
     from sleb_deploy.cli import run_stage  # here, not at the top: cli.py imports this module to register it
-    from sleb_deploy.engines.triton_onnx import write_onnx_triton_repository
     from sleb_deploy.errors import UserInputError
 
     def run() -> list[Path]:

@@ -129,6 +129,11 @@ def position_ids(attention_mask: np.ndarray, seq_len: int) -> np.ndarray:
     return out
 
 
+def fill_token(eos_token_id: int | None, pad_token_id: int | None) -> int:
+    """The token a finished row is filled with: pad, else eos, else 0."""
+    return pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+
+
 def _greedy_tokens(logits: np.ndarray, done: np.ndarray, fill: int, eos_token_id: int | None) -> np.ndarray:
     """Each row's next token (argmax of ``logits [B, vocab]``; ``fill`` for rows already done); marks the rows
     that produced ``eos_token_id`` in ``done`` (in place)."""
@@ -156,7 +161,7 @@ def greedy_concat_loop(
     ids = np.asarray(input_ids, dtype=np.int64)
     mask = np.asarray(attention_mask, dtype=np.int64)
     batch = ids.shape[0]
-    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    fill = fill_token(eos_token_id, pad_token_id)
     pos = position_ids(mask, mask.shape[1])
     cur, out = ids, [ids]
     done = np.zeros(batch, dtype=bool)
@@ -167,7 +172,7 @@ def greedy_concat_loop(
             break
         cur = nxt[:, None]
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
+        pos = pos[:, -1:] + 1  # only the last column is read from here on
     return np.concatenate(out, axis=1)
 
 
@@ -206,7 +211,7 @@ def greedy_static_loop(
     last = prompt - 1 - np.argmax(mask[:, ::-1], axis=1)  # each row's last prompt token (prompt - 1: left padding)
     if last_logits_only and (last != prompt - 1).any():
         raise UserInputError("a --last-logits-only graph gives the last position's logits only: pad prompts left")
-    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    fill = fill_token(eos_token_id, pad_token_id)
     buf_mask = np.zeros((batch, cache_len), dtype=np.int64)
     buf_mask[:, :prompt] = mask
     write = np.zeros(batch, dtype=np.int64)
@@ -215,8 +220,9 @@ def greedy_static_loop(
     out = [ids]
     done = np.zeros(batch, dtype=bool)
     rows = np.arange(batch)
+    zeros = np.zeros(batch, dtype=np.int64)
     for k in range(max_new_tokens):
-        at = last - write if k == 0 and not last_logits_only else np.zeros(batch, dtype=np.int64)
+        at = last - write if k == 0 and not last_logits_only else zeros
         nxt = _greedy_tokens(step(cur, buf_mask, pos, write, at), done, fill, eos_token_id)
         out.append(nxt[:, None])
         if done.all():

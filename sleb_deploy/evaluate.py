@@ -19,6 +19,12 @@ class Perplexity:
     nll: float
     tokens: int  # predicted tokens: windows x (seq_len - 1), under either window semantics
 
+    @classmethod
+    def from_nll(cls, nll: float, windows: Any) -> Perplexity:
+        """exp(mean NLL) from the summed NLL over ``windows`` [n, W] (W - 1 targets each)."""
+        tokens = int(windows.shape[0] * (windows.shape[1] - 1))
+        return cls(math.exp(nll / tokens), nll, tokens)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -33,9 +39,7 @@ def perplexity(model: nn.Module, windows: Any, batch_size: int = 1) -> Perplexit
     """
     from sleb_deploy.prune.scoring import batches, model_nll
 
-    nll = model_nll(model, batches(windows, batch_size))
-    tokens = int(windows.shape[0] * (windows.shape[1] - 1))
-    return Perplexity(math.exp(nll / tokens), nll, tokens)
+    return Perplexity.from_nll(model_nll(model, batches(windows, batch_size)), windows)
 
 
 def eval_perplexity(

@@ -37,12 +37,26 @@ import numpy as np
 
 from sleb_deploy import contract
 from sleb_deploy._optional import require
+from sleb_deploy.export.ort_generate import kv_layout
 
 _GLOBAL_POOL: dict[str, int] = {}
 
 
 class BackendUnavailable(Exception):
     """This backend cannot run here (the message says why and what to install); the sweep skips it."""
+
+
+def static_inputs(ids: np.ndarray, mask: np.ndarray, write: int) -> dict[str, np.ndarray]:
+    """The token inputs of a static-cache step writing ``ids`` [B, S] at slot ``write`` of every row; marks
+    those slots in the runner's buffer mask ``mask`` [B, max_cache_len] (in place) and feeds it."""
+    batch, seq = ids.shape
+    mask[:, write : write + seq] = 1
+    return {
+        contract.INPUT_IDS: ids,
+        contract.ATTENTION_MASK: mask,
+        contract.POSITION_IDS: np.ascontiguousarray(np.broadcast_to(np.arange(write, write + seq), (batch, seq))),
+        contract.WRITE_INDICES: np.full(batch, write, dtype=np.int64),
+    }
 
 
 def session_options(threads: int) -> Any:
@@ -103,10 +117,7 @@ class OrtRunner:
         self.head_dim = int(past[0].shape[3])
         self.vocab = int(logits.shape[2])
         self.last_only = logits.shape[1] == 1  # a --last-logits-only graph: logits [batch, 1, vocab]
-        names = {i.name for i in self.session.get_inputs()}
-        self.kv_cache = contract.STATIC if contract.WRITE_INDICES in names else contract.CONCAT
-        fixed = past[0].shape[2]
-        self.max_cache_len = int(fixed) if self.kv_cache == contract.STATIC and isinstance(fixed, int) else None
+        self.kv_cache, self.max_cache_len = kv_layout(self.session)
         self._ort = ort
         self._native = require("onnxruntime.capi._pybind_state", "onnx")
         self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
@@ -174,16 +185,6 @@ class OrtRunner:
         binding.bind_output(contract.LOGITS, self._cpu, self.logits_dtype.type, list(logits.shape), logits.ctypes.data)
         return logits
 
-    def _static_inputs(self, ids: np.ndarray, write: int) -> dict[str, np.ndarray]:
-        """The token inputs of a static step writing ``ids`` at slot ``write`` (the mask is the runner's own)."""
-        batch, seq = ids.shape
-        return {
-            contract.INPUT_IDS: ids,
-            contract.ATTENTION_MASK: self._mask,
-            contract.POSITION_IDS: np.ascontiguousarray(np.broadcast_to(np.arange(write, write + seq), (batch, seq))),
-            contract.WRITE_INDICES: np.full(batch, write, dtype=np.int64),
-        }
-
     def _forward_static(self, ids: np.ndarray, write: int) -> np.ndarray:
         """One static step: ``ids`` written at slot ``write`` of the aliased buffers; returns the next tokens."""
         batch, seq = ids.shape
@@ -193,9 +194,8 @@ class OrtRunner:
                 f"static KV cache buffers ({have}) do not hold {batch} rows writing slots up to {write + seq}: "
                 "call reserve(batch, context) first"
             )
-        self._mask[:, write : write + seq] = 1
         binding = self._native.SessionIOBinding(self.session._sess)
-        feeds = self._static_inputs(ids, write)  # kept until the run: bind_input uses the arrays' memory
+        feeds = static_inputs(ids, self._mask, write)  # kept until the run: bind_input uses the arrays' memory
         for name, value in feeds.items():
             binding.bind_input(name, value)
         logits = self._bind_logits(binding, batch, seq)
@@ -225,12 +225,11 @@ class OrtRunner:
         """One decode step from the current state; ``commit=False`` leaves the state as it was (static graphs:
         the step writes the slot the next committed step writes again, and marks it in the mask)."""
         if self.kv_cache == contract.STATIC:
-            nxt = self._forward_static(self._tokens[-1][:, None], self._length)
+            nxt, presents = self._forward_static(self._tokens[-1][:, None], self._length), self._past
         else:
             nxt, presents = self._forward(self._tokens[-1][:, None], self._past, self._length + 1)
         if commit:
-            if self.kv_cache != contract.STATIC:
-                self._past = presents
+            self._past = presents
             self._length += 1
             self._tokens.append(nxt)
 
@@ -244,9 +243,7 @@ class OrtRunner:
     def bare_feeds(self) -> dict[str, np.ndarray]:
         """The current decode step's inputs as plain numpy feeds (for the bare ``session.run`` comparison)."""
         if self.kv_cache == contract.STATIC:  # copies of the buffers: session.run cannot alias them
-            feeds = self._static_inputs(self._tokens[-1][:, None].copy(), self._length)
-            feeds[contract.ATTENTION_MASK] = self._mask.copy()
-            feeds[contract.ATTENTION_MASK][:, self._length] = 1
+            feeds = static_inputs(self._tokens[-1][:, None].copy(), self._mask.copy(), self._length)
             feeds.update({name: value.numpy() for name, value in zip(self.past_names, self._cache, strict=True)})
             return feeds
         batch = self._tokens[-1].shape[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sleb_deploy import contract
-from sleb_deploy.bench.ort_runner import BackendUnavailable
+from sleb_deploy.bench.ort_runner import BackendUnavailable, static_inputs
 from sleb_deploy.errors import SlebDeployError
 
 
@@ -35,7 +35,6 @@ class TrtRunner:
         self.blocks = self.engine.num_layers
         self.load_s = self.engine.load_s
         limits = self.engine.limits
-        self.kv_cache = self.engine.kv_cache
         self.max_cache_len = limits.max_cache_len  # static: the buffer; None: the concatenating contract
         self.max_batch, self.max_input_len = limits.max_batch, limits.max_input_len
         self.max_context_len = None if self.max_cache_len is not None else limits.max_context_len
@@ -52,11 +51,14 @@ class TrtRunner:
         if self.max_cache_len is not None:  # static: write at past_len, the mask covers the buffer
             if past_len == 0:
                 self._mask = np.zeros((batch, self.max_cache_len), dtype=np.int64)
-            self._mask[:, past_len : past_len + seq] = 1
-            pos = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq))
-            write = np.full(batch, past_len, dtype=np.int64)
-            dev = eng.to_device
-            logits = eng.forward_static(dev(ids), dev(self._mask), dev(pos), dev(write), prefill=past_len == 0)
+            f = {k: eng.to_device(v) for k, v in static_inputs(ids, self._mask, past_len).items()}
+            logits = eng.forward_static(
+                f[contract.INPUT_IDS],
+                f[contract.ATTENTION_MASK],
+                f[contract.POSITION_IDS],
+                f[contract.WRITE_INDICES],
+                prefill=past_len == 0,
+            )
         else:
             mask = np.ones((batch, past_len + seq), dtype=np.int64)
             logits = eng.forward(

@@ -72,6 +72,11 @@ class EngineManifest(Manifest):
     builder_warnings: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kv_cache(self) -> str:
+        """The KV-cache contract the engine was built for (engines before the static one: concat)."""
+        return str(self.build_options.get("kv_cache", contract.CONCAT))
+
 
 def resolve_backend(choice: str) -> str | None:
     """The TensorRT module that builds engines for ``choice`` (an ``EngineBackend`` value), or None for none.

@@ -46,7 +46,7 @@ class EngineLimits:
             )
         prefill, decode = by_name["prefill"], by_name["decode"]
         cache_len = manifest.build_options.get("max_cache_len")
-        static = manifest.build_options.get("kv_cache", contract.CONCAT) == contract.STATIC
+        static = manifest.kv_cache == contract.STATIC
         return cls(
             max_batch=min(int(prefill[contract.INPUT_IDS]["max"][0]), int(decode[contract.INPUT_IDS]["max"][0])),
             max_input_len=int(prefill[contract.INPUT_IDS]["max"][1]),

@@ -60,7 +60,7 @@ def write_triton_repository(engine_dir: Path, repo_dir: Path, name: str = "model
     """Create ``repo_dir/name`` (config + plan, hard-linked when possible); returns that directory."""
     engine_dir = Path(engine_dir)
     manifest = EngineManifest.read(engine_dir)
-    if manifest.build_options.get("kv_cache", contract.CONCAT) == contract.STATIC:
+    if manifest.kv_cache == contract.STATIC:
         raise UserInputError(
             f"{engine_dir} is a static KV-cache engine, which Triton's TensorRT backend cannot serve: its present "
             "outputs must stay at their past inputs' addresses across steps; serve the ONNX export with "

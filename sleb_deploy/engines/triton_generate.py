@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from sleb_deploy import contract
 from sleb_deploy.errors import UserInputError
 from sleb_deploy.export.ort_generate import OrtGenerator
 
@@ -131,7 +132,7 @@ class Generation:
         eos = gen.get("eos_token_id")
         self.eos: int | None = eos[0] if isinstance(eos, list) else eos
         pad = gen.get("pad_token_id")
-        self.pad: int = int(pad if pad is not None else (self.eos if self.eos is not None else 0))
+        self.pad: int = int(contract.fill_token(self.eos, pad))
         self._tokenizer: Any = None
 
     @property
@@ -225,8 +226,7 @@ class TritonPythonModel:
             raise GenerateRequestError("send either text or input_ids (one of the two)")
         if text is not None:
             ids, mask = self.generation.encode(_strings(text))
-        elif ids is None:  # unreachable (checked above); keeps the type of ids narrow for mypy
-            raise GenerateRequestError("send text or input_ids")
+        assert ids is not None  # one of the two, checked above
         n = None if limit is None else int(np.asarray(limit).reshape(-1)[0])
         new, lengths = self.generation.generate(ids, mask, n)
         texts = np.array([t.encode("utf-8") for t in self.generation.decode(new, lengths)], dtype=np.object_)

@@ -93,7 +93,7 @@ class TrtEngine:
             )
         manifest = EngineManifest.read(engine_dir)
         self.manifest = manifest
-        self.kv_cache = str(manifest.build_options.get("kv_cache", contract.CONCAT))
+        self.kv_cache = manifest.kv_cache
         if self.kv_cache not in contract.KV_CACHE_CONTRACTS:
             raise ArtifactError(f"{engine_dir}/engine.json names an unknown KV-cache contract {self.kv_cache!r}")
         self.limits = EngineLimits.from_manifest(manifest)
@@ -182,9 +182,7 @@ class TrtEngine:
             raise RuntimeError("forward() drives the concatenating contract; this engine is static: forward_static()")
         batch, seq = (int(d) for d in ids.shape)
         context = self.contexts[PREFILL if past_len == 0 else DECODE]
-        for name, tensor in ((contract.INPUT_IDS, ids), (contract.ATTENTION_MASK, mask), (contract.POSITION_IDS, pos)):
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
+        feeds = ((contract.INPUT_IDS, ids), (contract.ATTENTION_MASK, mask), (contract.POSITION_IDS, pos))
         past_shape = (batch, self.num_kv_heads, past_len, self.head_dim)
         src, dst = self._kv[self._src], self._kv[1 - self._src]
         for name, buf in zip(self.past_names, src, strict=True):
@@ -192,7 +190,7 @@ class TrtEngine:
             context.set_tensor_address(name, buf.data_ptr())
         for name, buf in zip(self.present_names, dst, strict=True):
             context.set_tensor_address(name, buf.data_ptr())
-        logits = self._execute(context, batch, seq)
+        logits = self._execute(context, feeds, batch, seq)
         self._src = 1 - self._src
         return logits
 
@@ -210,18 +208,19 @@ class TrtEngine:
         context = self.contexts[PREFILL if prefill else DECODE]
         feeds = ((contract.INPUT_IDS, ids), (contract.ATTENTION_MASK, mask), (contract.POSITION_IDS, pos),
                  (contract.WRITE_INDICES, write))  # fmt: skip
-        for name, tensor in feeds:
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
         cache_shape = (batch, self.num_kv_heads, self.limits.max_cache_len, self.head_dim)
         for past, present, buf in zip(self.past_names, self.present_names, self._kv[0], strict=True):
             context.set_input_shape(past, cache_shape)
             context.set_tensor_address(past, buf.data_ptr())
             context.set_tensor_address(present, buf.data_ptr())  # the same address: the in-place update
-        return self._execute(context, batch, seq)
+        return self._execute(context, feeds, batch, seq)
 
-    def _execute(self, context: Any, batch: int, seq: int) -> Any:
-        """Allocate the logits for the shapes set on ``context``, bind them and enqueue the step on the stream."""
+    def _execute(self, context: Any, feeds: tuple[tuple[str, Any], ...], batch: int, seq: int) -> Any:
+        """Bind the token inputs ``feeds`` (the KV tensors are bound by the caller), allocate the logits for
+        the shapes set on ``context``, bind them and enqueue the step on the stream."""
+        for name, tensor in feeds:
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
         with self.torch.cuda.stream(self.stream):
             logits = self.torch.empty(
                 tuple(context.get_tensor_shape(contract.LOGITS)), dtype=self.logits_dtype, device=self.device

@@ -192,19 +192,16 @@ class _Layer(nn.Module):
         # Fused, pre-transposed weights as constants of their own: the graph then holds MatMul(x, W) with W an
         # initializer. Concatenating or transposing weights inside the graph leaves Transpose(Concat(W...))
         # nodes that ONNX Runtime folds at load but then does not pre-pack, measured ~30% slower per GEMM.
-        # Costs a copy of these weights while exporting; the sources are not in the graph (``fused_sources``).
-        self.fused_sources: list[torch.Tensor] = []
+        # Costs a copy of these weights while exporting; the sources (``derived``'s) are not in the graph.
         self.derived: dict[str, Derivation] = {}
         if traits.qkv == "separate":
             projs = (attn.q_proj, attn.k_proj, attn.v_proj)
             _register_derived(self, "qkv_wT", fused_transposed, [p.weight for p in projs])
             _register_derived(self, "qkv_b", _stacked, [] if projs[0].bias is None else [p.bias for p in projs])
-            self.fused_sources += [t for p in projs for t in (p.weight, p.bias) if t is not None]
         if traits.mlp == "gated":
             gp, up = self.mlp.gate_proj, self.mlp.up_proj
             _register_derived(self, "gate_up_wT", fused_transposed, [gp.weight, up.weight])
             _register_derived(self, "gate_up_b", _stacked, [] if gp.bias is None else [gp.bias, up.bias])
-            self.fused_sources += [t for p in (gp, up) for t in (p.weight, p.bias) if t is not None]
         qn = getattr(attn, "q_norm", None)
         kn = getattr(attn, "k_norm", None)
         self.q_norm = None if qn is None else _Norm(qn, traits.norm, use_norm_op)
@@ -453,7 +450,7 @@ class ExportDecoder(nn.Module):
         This is what decides external data: the untied head copy alone is 0.54 GB for a Qwen2.5-0.5B shape."""
         replaced = {id(t) for t in self.head_sources}
         for layer in self.layers:
-            replaced.update(id(t) for t in cast(_Layer, layer).fused_sources)
+            replaced.update(id(t) for _, sources in cast(_Layer, layer).derived.values() for t in sources)
         seen: set[int] = set()
         total = 0
         for t in [*self.parameters(), *self.buffers()]:
@@ -478,11 +475,8 @@ class ExportDecoder(nn.Module):
     def _mask(
         self, attention_mask: torch.Tensor, s: int, window: int, write_indices: torch.Tensor | None
     ) -> torch.Tensor:
-        if write_indices is None:
-            return self._allowed(attention_mask, s, window)
-        from sleb_deploy.export import static_cache
-
-        return static_cache.allowed(attention_mask, write_indices, s, window)
+        """The concatenating contract's mask (``write_indices`` is the static contract's: its subclass)."""
+        return self._allowed(attention_mask, s, window)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor

@@ -35,6 +35,15 @@ class StaticCache:
         self.values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=gen.kv_dtype)) for _ in gen.past_names]
 
 
+def kv_layout(session: Any) -> tuple[str, int | None]:
+    """``(KV-cache contract, max_cache_len)`` of a session over an exported graph: static when it takes
+    ``write_indices``; the buffer length when a static graph fixes it (a TensorRT-ready export), else None."""
+    inputs = session.get_inputs()
+    static = any(i.name == contract.WRITE_INDICES for i in inputs)
+    fixed = next(i for i in inputs if contract.PAST_NAME.match(i.name)).shape[2]
+    return (contract.STATIC, fixed if isinstance(fixed, int) else None) if static else (contract.CONCAT, None)
+
+
 class OrtGenerator:
     """Greedy generator over ``model.onnx`` with Optimum-style KV-cache I/O (either contract)."""
 
@@ -54,10 +63,7 @@ class OrtGenerator:
         self.kv_dtype = np.dtype(np_dtype)
         self.num_kv_heads = int(first.shape[1])
         self.head_dim = int(first.shape[3])
-        names = {i.name for i in self.session.get_inputs()}
-        self.kv_cache = contract.STATIC if contract.WRITE_INDICES in names else contract.CONCAT
-        # Static contract: the buffer length when the graph fixes it (a TensorRT-ready export), else None.
-        self.max_cache_len = first.shape[2] if isinstance(first.shape[2], int) else None
+        self.kv_cache, self.max_cache_len = kv_layout(self.session)
         logits = next(o for o in self.session.get_outputs() if o.name == contract.LOGITS)
         self.last_logits_only = logits.shape[1] == 1  # a --last-logits-only export
 

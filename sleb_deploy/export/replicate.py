@@ -130,7 +130,7 @@ def _data_from(graph: Any, source: Any) -> set[Any]:
     return reached
 
 
-def _owners(graph: Any, r: int, n_token_inputs: int) -> dict[int, int]:
+def _owners(graph: Any, r: int, n_token_inputs: int, from_ids: set[Any]) -> dict[int, int]:
     """``id(node) -> block`` for the nodes that are a block's own computation.
 
     A node in a block's scope that reads only shared values (shapes of the inputs, constants, the masks and
@@ -138,7 +138,6 @@ def _owners(graph: Any, r: int, n_token_inputs: int) -> dict[int, int]:
     exporter computes a symbolic size once and reuses it in later blocks, e.g. ``batch * heads``.
     """
     past = set(graph.inputs[n_token_inputs:])
-    from_ids = _data_from(graph, graph.inputs[0])
     owner: dict[int, int] = {}
     for node in graph:
         k = _scope_layer(node)
@@ -165,13 +164,13 @@ def _owners(graph: Any, r: int, n_token_inputs: int) -> dict[int, int]:
 def _blocks(graph: Any, r: int, n_token_inputs: int) -> list[_Block]:
     """Split the short graph into its ``r`` blocks and check each boundary (raises ``NotReplicable``)."""
     blocks = [_Block(k) for k in range(r)]
-    owner = _owners(graph, r, n_token_inputs)
+    from_ids = _data_from(graph, graph.inputs[0])
+    owner = _owners(graph, r, n_token_inputs, from_ids)
     for node in graph:
         if id(node) in owner:
             blocks[owner[id(node)]].nodes.append(node)
     past = list(graph.inputs)[n_token_inputs:]
     outputs = list(graph.outputs)
-    from_ids = _data_from(graph, graph.inputs[0])
     for b in blocks:
         b.past = past[2 * b.k : 2 * b.k + 2]
         b.present = outputs[1 + 2 * b.k : 3 + 2 * b.k]

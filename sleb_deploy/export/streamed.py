@@ -37,7 +37,6 @@ home-made sharding here.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -56,9 +55,8 @@ from sleb_deploy.export.onnx_graph import (
     graph_torch_dtype,
     trace_decoder,
 )
+from sleb_deploy.models.checkpoint import CheckpointTensors, has_safetensors
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
 WRITE_WORKERS = 2  # threads writing model.onnx_data (reading/transposing one tensor while writing another)
 WRITE_IN_FLIGHT_BYTES = 256 << 20  # their materialized tensors, besides the largest one
 
@@ -68,34 +66,6 @@ def _fold_limit() -> int:
     from onnxscript.optimizer import _constant_folding
 
     return int(_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT)
-
-
-class Checkpoint:
-    """A local safetensors checkpoint read lazily: ``get(key)`` reads one tensor (one file or a sharded index)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        index = self.directory / INDEX
-        if index.is_file():
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            self.files = {k: self.directory / f for k, f in weight_map.items()}
-        else:
-            from safetensors import safe_open
-
-            single = self.directory / SINGLE
-            with safe_open(str(single), framework="pt") as f:
-                self.files = {k: single for k in f.keys()}
-
-    def get(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(self.files[key]), framework="pt") as f:
-            tensor: torch.Tensor = f.get_tensor(key)
-        return tensor
-
-
-def has_safetensors(directory: Path) -> bool:
-    return (Path(directory) / INDEX).is_file() or (Path(directory) / SINGLE).is_file()
 
 
 def empty_model(config: Any) -> nn.Module:
@@ -109,7 +79,7 @@ def empty_model(config: Any) -> nn.Module:
     return cast(nn.Module, model.eval())
 
 
-def checkpoint_keys(model: nn.Module, ckpt: Checkpoint) -> dict[int, str] | None:
+def checkpoint_keys(model: nn.Module, ckpt: CheckpointTensors) -> dict[int, str] | None:
     """``id(parameter) -> checkpoint key`` (tied parameters: whichever name the checkpoint has), or None when
     some parameter is not in the checkpoint under its name (then the checkpoint does not stream)."""
     names: dict[int, list[str]] = {}
@@ -119,7 +89,7 @@ def checkpoint_keys(model: nn.Module, ckpt: Checkpoint) -> dict[int, str] | None
         params[id(p)] = p
     keys: dict[int, str] = {}
     for pid, candidates in names.items():
-        found = [n for n in candidates if n in ckpt.files]
+        found = [n for n in candidates if n in ckpt.file]
         if not found:
             return None
         keys[pid] = found[0]
@@ -129,20 +99,26 @@ def checkpoint_keys(model: nn.Module, ckpt: Checkpoint) -> dict[int, str] | None
 def streamable(directory: Path) -> bool:
     """Whether a checkpoint directory can be exported by ``export_streamed`` (local safetensors, every parameter
     under its own name); the config is read, no weight."""
+    directory = Path(directory)
+    return directory.is_dir() and has_safetensors(directory) and meta_model(directory) is not None
+
+
+def meta_model(directory: Path) -> tuple[nn.Module, CheckpointTensors, dict[int, str]] | None:
+    """``(empty_model, checkpoint, checkpoint_keys)`` of a safetensors checkpoint directory, or None when some
+    parameter is not in the checkpoint under its name (it does not stream)."""
     from transformers import AutoConfig
 
-    directory = Path(directory)
-    if not directory.is_dir() or not has_safetensors(directory):
-        return False
     model = empty_model(AutoConfig.from_pretrained(directory))
-    return checkpoint_keys(model, Checkpoint(directory)) is not None
+    ckpt = CheckpointTensors(directory)
+    keys = checkpoint_keys(model, ckpt)
+    return None if keys is None else (model, ckpt, keys)
 
 
 class _Materializer:
     """Replaces the meta tensors of an ``ExportDecoder`` (and the HF modules it shares) by real small tensors
     and untouched placeholders, remembering how to compute each placeholder's real value."""
 
-    def __init__(self, ckpt: Checkpoint, keys: dict[int, str], tdtype: torch.dtype) -> None:
+    def __init__(self, ckpt: CheckpointTensors, keys: dict[int, str], tdtype: torch.dtype) -> None:
         self.ckpt = ckpt
         self.keys = keys
         self.tdtype = tdtype
@@ -256,15 +232,14 @@ def export_streamed(
     one weight tensor (and its sources) at a time; the same graph as ``export_decoder_onnx`` on the loaded model."""
     onnx = require("onnx", "onnx")
     ir = require("onnx_ir", "onnx")
-    from transformers import AutoConfig
 
     tdtype = graph_torch_dtype(dtype, variant)
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    model = empty_model(AutoConfig.from_pretrained(checkpoint)).to(tdtype)
-    ckpt = Checkpoint(checkpoint)
-    keys = checkpoint_keys(model, ckpt)
-    if keys is None:
+    found = meta_model(checkpoint)
+    if found is None:
         raise RuntimeError(f"{checkpoint} does not stream (a parameter is not in its safetensors); check streamable()")
+    model, ckpt, keys = found
+    model = model.to(tdtype)
     wrapper = ExportDecoder(model, variant=variant, last_logits_only=last_logits_only).eval()
     use_ext, nbytes = external_data_decision(wrapper, external_data)
     spec = graph_spec(wrapper, dtype, use_ext, nbytes)
@@ -303,16 +278,15 @@ def offloaded_reference(checkpoint: Path) -> Any:
     """The fp32 HF model whose weights stay in the checkpoint's safetensors: accelerate's disk offload reads
     each module's weights (cast to fp32) just before it runs and drops them after (the validation reference)."""
     from accelerate import dispatch_model
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
     checkpoint = Path(checkpoint)
-    model = empty_model(AutoConfig.from_pretrained(checkpoint))
-    ckpt = Checkpoint(checkpoint)
-    keys = checkpoint_keys(model, ckpt)
-    if keys is None:
+    found = meta_model(checkpoint)
+    if found is None:
         raise RuntimeError(f"{checkpoint} does not stream (a parameter is not in its safetensors)")
+    model, ckpt, keys = found
     index = {
-        name: {"safetensors_file": str(ckpt.files[keys[id(p)]]), "weight_name": keys[id(p)], "dtype": "float32"}
+        name: {"safetensors_file": str(ckpt.file[keys[id(p)]]), "weight_name": keys[id(p)], "dtype": "float32"}
         for name, p in model.named_parameters(remove_duplicate=False)
     }
     try:

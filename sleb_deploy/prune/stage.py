@@ -151,6 +151,7 @@ def prune(
                 removed = one_shot_select(scores, k)
                 phases = [Phase(0, list(range(n)), scores, removed[0], {"one_shot_order": removed})]
             else:
+                assert plan is not None  # planned for every SLEB search above
                 phases, resumed = _run_sleb(
                     cfg, plan, streamed or model, calib_ids, source, calib_spec.to_json(), n, k, out, on_candidate
                 )
@@ -236,7 +237,8 @@ def plan_memory(cfg: PruneConfig, source: ModelSource, k: int) -> MemoryPlan:
     weights = None
     local = Path(source.location)
     if source.kind != "hub" and any(local.glob("*.safetensors")):
-        from sleb_deploy.prune.streamed import CheckpointTensors, checkpoint_weight_bytes
+        from sleb_deploy.models.checkpoint import CheckpointTensors
+        from sleb_deploy.prune.streamed import checkpoint_weight_bytes
 
         ckpt = CheckpointTensors(local)
         dtype = ckpt.float_dtype() if dtype == "auto" else dtype
@@ -266,7 +268,7 @@ def plan_memory(cfg: PruneConfig, source: ModelSource, k: int) -> MemoryPlan:
 
 def _run_sleb(
     cfg: PruneConfig,
-    plan: MemoryPlan | None,
+    plan: MemoryPlan,
     model: Any,
     windows: Any,
     source: ModelSource,
@@ -293,14 +295,13 @@ def _run_sleb(
             on_candidate(state["phase"], k, i, total)
 
     scorer: Any
-    name = plan.scorer if plan is not None else cfg.scorer
-    if name == "streamed" and plan is not None:
+    if plan.scorer == "streamed":
         from sleb_deploy.prune.streamed import StreamedScorer
 
         states = "cpu" if plan.states_on == "cpu" else None
         scorer = StreamedScorer(model, windows, cfg.batch_size, progress, plan.window_groups, states)
     else:
-        scorer = (NaiveScorer if name == "naive" else CachedScorer)(model, windows, cfg.batch_size, progress)
+        scorer = (NaiveScorer if plan.scorer == "naive" else CachedScorer)(model, windows, cfg.batch_size, progress)
 
     def save(phases: list[Phase]) -> None:
         state["phase"] = len(phases)

@@ -20,7 +20,6 @@ projections, soft-capping and the vocabulary head are the model's own for every 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -31,82 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sleb_deploy.errors import ArtifactError, UserInputError
+from sleb_deploy.errors import ArtifactError
 from sleb_deploy.evaluate import Perplexity
 from sleb_deploy.models.adapters import adapter_for, blocks_view, config_of, remove_blocks
+from sleb_deploy.models.checkpoint import INDEX, SAFETENSORS_DTYPES, CheckpointTensors
 from sleb_deploy.prune.plan import WeightBytes
-from sleb_deploy.prune.scoring import Progress, _StopForward, batches, nll_sum
-
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}  # fmt: skip
-INDEX = "model.safetensors.index.json"
-
-
-class CheckpointTensors:
-    """A safetensors checkpoint's tensors by name: headers read at open, each tensor read when asked for.
-
-    ``safe_open`` maps the file and a tensor it returns is backed by the mapping, so the memory a read costs
-    is the tensors still referenced, not the file.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        index = self.directory / INDEX
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        else:
-            files = sorted(p.name for p in self.directory.glob("*.safetensors"))
-        if not files:
-            raise UserInputError(
-                f"{self.directory} has no .safetensors weights: the streamed scorer reads blocks from them; "
-                "use --scorer cached (or convert the checkpoint with save_pretrained)"
-            )
-        self.file: dict[str, Path] = {}
-        self.header: dict[str, dict[str, Any]] = {}
-        for name in files:
-            path = self.directory / name
-            with open(path, "rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
-            header.pop("__metadata__", None)
-            for key, info in header.items():
-                self.file[key] = path
-                self.header[key] = info
-
-    def keys(self) -> list[str]:
-        return list(self.file)
-
-    def nbytes(self, key: str, dtype: torch.dtype | None = None) -> int:
-        """Bytes of ``key`` as stored, or at ``dtype`` when it is a floating tensor."""
-        info = self.header[key]
-        stored = int(info["data_offsets"][1]) - int(info["data_offsets"][0])
-        source = _DTYPES[info["dtype"]]
-        if dtype is None or not source.is_floating_point:
-            return stored
-        return stored // source.itemsize * dtype.itemsize
-
-    def float_dtype(self) -> torch.dtype:
-        """The dtype of the largest floating tensor (the checkpoint's precision)."""
-        floats = [k for k, v in self.header.items() if _DTYPES[v["dtype"]].is_floating_point]
-        return _DTYPES[self.header[max(floats, key=self.nbytes)]["dtype"]]
-
-    def read(self, keys: Sequence[str], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """The tensors ``keys`` on ``device``; floating ones cast to ``dtype``."""
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[str]] = {}
-        for key in keys:
-            by_file.setdefault(self.file[key], []).append(key)
-        out: dict[str, torch.Tensor] = {}
-        for path, names in by_file.items():
-            with safe_open(str(path), framework="pt") as f:
-                for key in names:
-                    t = f.get_tensor(key)
-                    out[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-        return out
+from sleb_deploy.prune.scoring import Progress, _hidden_out, _StopForward, batches, nll_sum
 
 
 def checkpoint_weight_bytes(
@@ -161,7 +90,6 @@ class StreamedModel:
                 f"{directory}: weights {outside[:3]} are not in the checkpoint under the model's own names; "
                 "re-save it with save_pretrained or use --scorer cached"
             )
-        self.weight_bytes = checkpoint_weight_bytes(self.ckpt, self.adapter.blocks_path, len(self.blocks), self.dtype)
         self.loads = 0
 
     @contextmanager
@@ -314,10 +242,6 @@ class StreamedScorer:
         return out
 
 
-def _hidden_out(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 def write_pruned_checkpoint(sm: StreamedModel, kept: list[int], out: Path, shard_bytes: int = 2 << 30) -> None:
     """The pruned checkpoint, tensor by tensor: non-block tensors (from the loaded skeleton) and the kept blocks
     renumbered (each read from the source when written), in safetensors shards of at most ``shard_bytes`` at the
@@ -372,11 +296,11 @@ def _write_safetensors(
 ) -> int:
     """One safetensors file written tensor by tensor: the header from the known shapes and dtypes (floating
     tensors at the scoring dtype), then each tensor's bytes, fetched only when written. Returns the data bytes."""
-    names = {v: k for k, v in _DTYPES.items()}
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for source, target, shape in entries:
-        stored = _DTYPES[sm.ckpt.header[source]["dtype"]]
+        stored = SAFETENSORS_DTYPES[sm.ckpt.header[source]["dtype"]]
         dtype = sm.dtype if stored.is_floating_point else stored
         nbytes = sm.ckpt.nbytes(source, sm.dtype)
         header[target] = {"dtype": names[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
@@ -399,6 +323,4 @@ def _write_safetensors(
 
 def streamed_perplexity(sm: StreamedModel, windows: torch.Tensor, batch_size: int, alive: list[int]) -> Perplexity:
     """`evaluate.perplexity` of the model with the blocks ``alive``, its blocks streamed."""
-    nll = StreamedScorer(sm, windows, batch_size).nll(alive)
-    tokens = int(windows.shape[0] * (windows.shape[1] - 1))
-    return Perplexity(math.exp(nll / tokens), nll, tokens)
+    return Perplexity.from_nll(StreamedScorer(sm, windows, batch_size).nll(alive), windows)

@@ -22,9 +22,10 @@
    ``op_tight`` and ``old_tight``: exactly past + new. Random K/V.
 3. Times them interleaved (order rotated every round, after warm-up) at decode B=1/4/16 past 128, B=1/4 past
    2048 and prefill B=1 S=128; medians and per-round ratios (each run over the builder's / concat's / the old
-   graph's run of the same round). Decode slope: ms per 1K tokens of context between past 128 and 2048. A
-   sensitivity row times ``static`` at past 128 with a 4096-slot buffer. Before timing, the graphs' prefill
-   logits are compared.
+   graph's run of the same round). ``--old-concat``: a concatenating graph exported by an earlier version, timed
+   as ``oldconcat`` beside ours (``concat / oldconcat``). Decode slope: ms per 1K tokens of context between past
+   128 and 2048. A sensitivity row times ``static`` at past 128 with a 4096-slot buffer. Before timing, the
+   graphs' prefill logits are compared.
 4. Writes bench/results/static_cache.{json,md} with the machine load, versions and the command.
 """
 
@@ -89,7 +90,8 @@ class Graph:
 
         self.ort = ort
         self.name = name
-        self.kind = name if name in ("concat", "builder") else "static"  # op, old: the static contract
+        # op, old: the static contract; oldconcat: the concatenating one (an earlier version's)
+        self.kind = "concat" if name == "oldconcat" else name if name in ("concat", "builder") else "static"
         self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         ins = self.session.get_inputs()
@@ -197,12 +199,11 @@ def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> lis
         for n in todo:
             t = np.array(times[n]) * 1e3
             row[n] = {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
-        for mine in MINE:
-            for base in BASES:
-                if base in times and mine in times and base != mine:
-                    paired = np.array(times[mine]) / np.array(times[base])
-                    row[f"{mine}_over_{base}"] = round(float(np.median(paired)), 3)
-                    row[f"{mine}_over_{base}_iqr"] = [round(float(np.percentile(paired, q)), 3) for q in (25, 75)]
+        for mine, base in [(m, b) for m in MINE for b in BASES] + [("concat", "oldconcat")]:
+            if base in times and mine in times and base != mine:
+                paired = np.array(times[mine]) / np.array(times[base])
+                row[f"{mine}_over_{base}"] = round(float(np.median(paired)), 3)
+                row[f"{mine}_over_{base}_iqr"] = [round(float(np.percentile(paired, q)), 3) for q in (25, 75)]
         row["load"] = _load()
         rows.append(row)
         print(
@@ -261,7 +262,7 @@ def slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         lo, hi = by[(batch, 128)], by[(batch, 2048)]
         out[f"B={batch}"] = {
             g: round((hi[g]["median_ms"] - lo[g]["median_ms"]) / 1.92, 2)
-            for g in ("static", *TIGHT, "concat", "builder")
+            for g in ("static", *TIGHT, "concat", "oldconcat", "builder")
             if g in hi and g in lo
         }
     return out
@@ -321,10 +322,24 @@ def markdown(r: dict[str, Any]) -> str:
             + " | ".join(str(row.get(k, "–")) for k in ratios)
             + " |"
         )
+    if r.get("old_concat"):
+        lines += [
+            "",
+            f"Our concatenating graph against the same contract exported by an earlier version ({r['old_concat']}),"
+            " timed in the same rounds:",
+            "",
+            "| shape | concat (ms) | earlier concat (ms) | concat / earlier |",
+            "|---|---|---|---|",
+        ]
+        for row in r["rows"]:
+            if "oldconcat" in row:
+                cells = [ms(row, "concat"), ms(row, "oldconcat"), row.get("concat_over_oldconcat", "–")]
+                lines.append(f"| {row['shape']} | " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "Decode slope, ms per 1K tokens of context (past 128 -> 2048):", ""]
-    lines += ["| batch | static | tight | op | old | concat | builder |", "|---|---|---|---|---|---|---|"]
+    lines += ["| batch | static | tight | op | old | concat | earlier concat | builder |", "|---" * 8 + "|"]
     for batch, sl in r["slopes"].items():
-        cells = [sl.get(k, "–") for k in ("static", "static_tight", "op_tight", "old_tight", "concat", "builder")]
+        keys = ("static", "static_tight", "op_tight", "old_tight", "concat", "oldconcat", "builder")
+        cells = [sl.get(k, "–") for k in keys]
         lines.append(f"| {batch} | " + " | ".join(str(c) for c in cells) + " |")
     for p in r["profiles"]:
         lines += ["", f"ORT profile ({p['shape']}, separate sessions), ms per run:", ""]
@@ -349,6 +364,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--old-static", type=Path, help="model.onnx of a static graph by an earlier version (timed too)")
     ap.add_argument("--old-label", default="", help="what --old-static is (e.g. the commit that exported it)")
+    ap.add_argument("--old-concat", type=Path, help="model.onnx of a concatenating graph by an earlier version")
+    ap.add_argument("--old-concat-label", default="", help="what --old-concat is")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -360,6 +377,8 @@ def main() -> None:
     graphs = [Graph(name, path, so) for name, path in paths.items()]
     if args.old_static is not None:
         graphs.append(Graph("old", args.old_static, so))
+    if args.old_concat is not None:
+        graphs.append(Graph("oldconcat", args.old_concat, so))
     graphs.append(Graph("builder", args.builder / "model.onnx", so))
     diffs = prefill_logits(graphs)
     print("prefill logits vs concat", diffs, flush=True)
@@ -379,6 +398,7 @@ def main() -> None:
         "rounds": args.rounds,
         "headroom": args.headroom,
         "old_static": (args.old_label or str(args.old_static)) if args.old_static else None,
+        "old_concat": (args.old_concat_label or str(args.old_concat)) if args.old_concat else None,
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
         "versions": {"onnxruntime": ort.__version__, "builder_env": genai_versions(args.genai_venv)},
         "nodes": {g.name: g.nodes for g in graphs},

@@ -29,7 +29,7 @@ padding positions are therefore unspecified, as in HF.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -85,12 +85,29 @@ class _Rope(nn.Module):
         self.scaling = float(scaling)
         self.rot_dim = 2 * int(inv_freq.shape[0])
 
-    def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape [B, S, rot_dim/2] in ``dtype`` (fp32 math, like HF)."""
+    def tables(self, position_ids: torch.Tensor, dtype: torch.dtype, q_scale: float | None) -> RopeTables:
+        """cos, sin of shape [B, S, rot_dim/2] in ``dtype`` (fp32 math, like HF); ``q_scale``: also the query's
+        tables with that factor folded in (computed in fp32 before the cast)."""
         freqs = position_ids[..., None].float() * self.inv_freq
         cos = freqs.cos() * self.scaling
         sin = freqs.sin() * self.scaling
-        return cos.to(dtype), sin.to(dtype)
+        if q_scale is None:
+            return RopeTables(cos.to(dtype), sin.to(dtype), self.rot_dim)
+        q_cos, q_sin = (cos * q_scale).to(dtype), (sin * q_scale).to(dtype)
+        return RopeTables(cos.to(dtype), sin.to(dtype), self.rot_dim, q_cos, q_sin)
+
+
+class RopeTables(NamedTuple):
+    """One rope's tables for a forward: ``cos``/``sin`` [B, S, rot_dim/2] and, where the attention scale is
+    folded into the query's rotary (``ExportDecoder.run``), ``q_cos``/``q_sin``: the same tables times the
+    scale. Rotary is linear in its tables, so the query comes out rotated *and* scaled with no ``Mul`` of its
+    own (one node per layer less, and the attention's GEMM then runs at alpha 1: ``_Layer.qkv_heads``)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    rot_dim: int
+    q_cos: torch.Tensor | None = None
+    q_sin: torch.Tensor | None = None
 
 
 def _apply_rope(x: torch.Tensor, cos_h: torch.Tensor, sin_h: torch.Tensor, rot_dim: int) -> torch.Tensor:
@@ -234,14 +251,17 @@ class _Layer(nn.Module):
         return cast(torch.Tensor, self.mlp.down_proj(self.act(gate) * up))
 
     def qkv_heads(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, int] | None
+        self, x: torch.Tensor, rope: RopeTables | None, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [B, H, S, D], k and v [B, Hkv, S, D] with the q/k norms and rotary applied, ONNX-op style.
+        """q [B, H, S, D] times ``scale``, k and v [B, Hkv, S, D], with the q/k norms and rotary applied,
+        ONNX-op style.
 
         The fused q|k|v projection is reshaped and transposed once, then split by heads; rotary and the
         q/k norms run on that 4-D layout. Per layer that is one Reshape/Transpose pair instead of one per
         q, k and v (the default model: 690 nodes instead of 871, 1-3% faster per decode step on ONNX
-        Runtime CPU). The Attention op needs Q of the same rank as K/V, so Q is 4-D too.
+        Runtime CPU). The Attention op needs Q of the same rank as K/V, so Q is 4-D too. The query leaves
+        scaled so that the attention runs with scale 1 (alpha 1 in its GEMMs; ``static_cache``'s docstring):
+        through the rope's ``q_cos``/``q_sin`` when the run folded it there, else with a ``Mul``.
         """
         b, s = x.shape[0], x.shape[1]
         h, hk, d = self.n_heads, self.n_kv, self.head_dim
@@ -251,39 +271,45 @@ class _Layer(nn.Module):
             q4 = q4 * self.scale  # scaled before the dot product (then attention scale 1.0), as HF OPT does
         if self.q_norm is not None and self.k_norm is not None:
             q4, k4 = self.q_norm(q4), self.k_norm(k4)
+        folded = False
         if rope is not None:
-            cos_h, sin_h, rot_dim = rope
-            q4 = torch.onnx.ops.rotary_embedding(q4, cos_h, sin_h, rotary_embedding_dim=rot_dim)
-            k4 = torch.onnx.ops.rotary_embedding(k4, cos_h, sin_h, rotary_embedding_dim=rot_dim)
+            q_cos, q_sin = rope.cos, rope.sin
+            if rope.q_cos is not None and rope.q_sin is not None:
+                q_cos, q_sin, folded = rope.q_cos, rope.q_sin, True
+            q4 = torch.onnx.ops.rotary_embedding(q4, q_cos, q_sin, rotary_embedding_dim=rope.rot_dim)
+            k4 = torch.onnx.ops.rotary_embedding(k4, rope.cos, rope.sin, rotary_embedding_dim=rope.rot_dim)
+        if scale != 1.0 and not folded:
+            q4 = q4 * scale  # exact for power-of-two scales
         return q4, k4, v4
 
     def _attention_op(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+        rope: RopeTables | None,
         allowed: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
         scale: float,
         last_only: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Attention as the ONNX op, every head in the [B, heads, S, D] layout the KV cache has."""
+        """Attention as the ONNX op, every head in the [B, heads, S, D] layout the KV cache has; the query comes
+        pre-scaled (``qkv_heads``), the op's ``scale`` is 1."""
         b = x.shape[0]
         h, hk, d = self.n_heads, self.n_kv, self.head_dim
-        q4, k4, v4 = self.qkv_heads(x, rope)
+        q4, k4, v4 = self.qkv_heads(x, rope, scale)
         # KV concat stays outside the op: TensorRT's importer accepts only single-output Attention
         # nodes, so the op's own past/present I/O cannot be used.
         present_k = torch.cat((past_k, k4), dim=2)
         present_v = torch.cat((past_v, v4), dim=2)
         if last_only:
             q4, allowed = q4[:, :, -1:], allowed[:, :, -1:]
-        y = torch.onnx.ops.attention(q4, present_k, present_v, allowed, q_num_heads=h, kv_num_heads=hk, scale=scale)[0]
+        y = torch.onnx.ops.attention(q4, present_k, present_v, allowed, q_num_heads=h, kv_num_heads=hk, scale=1.0)[0]
         return y.transpose(1, 2).reshape(b, q4.shape[2], h * d), present_k, present_v
 
     def _attention(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+        rope: RopeTables | None,
         allowed: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
@@ -311,9 +337,8 @@ class _Layer(nn.Module):
         q4 = q.reshape(b, s, h, d)
         k4 = k.reshape(b, s, hk, d)
         if rope is not None:
-            cos_h, sin_h, rot_dim = rope
-            q4 = _apply_rope(q4, cos_h, sin_h, rot_dim)
-            k4 = _apply_rope(k4, cos_h, sin_h, rot_dim)
+            q4 = _apply_rope(q4, rope.cos, rope.sin, rope.rot_dim)
+            k4 = _apply_rope(k4, rope.cos, rope.sin, rope.rot_dim)
         present_k = torch.cat((past_k, k4.transpose(1, 2)), dim=2)
         present_v = torch.cat((past_v, v.reshape(b, s, hk, d).transpose(1, 2)), dim=2)
         if last_only:
@@ -334,7 +359,7 @@ class _Layer(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+        rope: RopeTables | None,
         allowed: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
@@ -472,6 +497,18 @@ class ExportDecoder(nn.Module):
         keep = attention_mask.bool()[:, None, None, :] & causal[None, None, :, :]
         return keep | (diff == 0)[None, None, :, :]
 
+    def _rope_q_scale(self, static: bool) -> float | None:
+        """The attention scale to fold into the query's rotary tables (``RopeTables``), or None: only where
+        every layer's attention goes through ``_Layer.qkv_heads`` (the static contract, or the ``Attention``
+        op without softcapping), the scale is not 1 and the query is not already scaled (OPT). A rope that
+        does not rotate the whole head (partial rotary) keeps the ``Mul`` (``run``)."""
+        if self.traits.query_prescale or self.scale == 1.0:
+            return None
+        layers = [cast(_Layer, layer) for layer in self.layers]
+        if static or all(layer.use_op and layer.softcap == 0.0 for layer in layers):
+            return self.scale
+        return None
+
     def _mask(
         self, attention_mask: torch.Tensor, s: int, window: int, write_indices: torch.Tensor | None
     ) -> torch.Tensor:
@@ -509,11 +546,11 @@ class ExportDecoder(nn.Module):
             offset = int(getattr(self.pos_embed, "offset", 0))
             hidden = hidden + self.pos_embed.weight[pos + offset].to(dtype)
         masks: dict[int, torch.Tensor] = {}
-        ropes: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        ropes: dict[str, RopeTables] = {}
+        q_scale = self._rope_q_scale(write_indices is not None)
         for name, rope_m in self.ropes.items():
             rope = cast(_Rope, rope_m)
-            cos_h, sin_h = rope.cos_sin(position_ids, dtype)
-            ropes[name] = (cos_h, sin_h, rope.rot_dim)
+            ropes[name] = rope.tables(position_ids, dtype, q_scale if rope.rot_dim == self.head_dim else None)
         presents: list[torch.Tensor] = []
         for i, layer_m in enumerate(self.layers):
             layer = cast(_Layer, layer_m)

@@ -46,7 +46,7 @@ from sleb_deploy.contract import (
 from sleb_deploy.export.decoder_module import ExportDecoder
 
 if TYPE_CHECKING:
-    from sleb_deploy.export.decoder_module import _Layer
+    from sleb_deploy.export.decoder_module import RopeTables, _Layer
 
 
 def allowed(attention_mask: torch.Tensor, write_indices: torch.Tensor, s: int, window: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def _scatter(cache: torch.Tensor, update: torch.Tensor, write_indices: torch.Ten
 def attention(
     layer: _Layer,
     x: torch.Tensor,
-    rope: tuple[torch.Tensor, torch.Tensor, int] | None,
+    rope: RopeTables | None,
     mask: torch.Tensor,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
@@ -93,14 +93,12 @@ def attention(
     form; ``StaticExportDecoder`` builds the mask of its form once per window."""
     b, s = x.shape[0], x.shape[1]
     h, hk, d = layer.n_heads, layer.n_kv, layer.head_dim
-    q4, k4, v4 = layer.qkv_heads(x, rope)
+    q4, k4, v4 = layer.qkv_heads(x, rope, scale)  # q pre-scaled: alpha 1 in the GEMMs (module docstring)
     new_k = _scatter(cache_k, k4, write_indices)
     new_v = _scatter(cache_v, v4, write_indices)
     if last_only:
         q4, mask = q4[:, :, -1:], mask[:, :, -1:]
     sq = q4.shape[2]
-    if scale != 1.0:
-        q4 = q4 * scale  # alpha 1 in the GEMMs (see the module docstring); exact for power-of-two scales
     if mask.dtype == torch.bool:
         attrs: dict[str, int | float | str | bool | Sequence[int] | Sequence[float] | Sequence[str] | Sequence[bool]]
         attrs = {"q_num_heads": h, "kv_num_heads": hk, "scale": 1.0}

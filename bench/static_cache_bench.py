@@ -21,7 +21,12 @@
    The buffer length L is the same for ``static`` and ``builder``: past + new + ``--headroom``; ``static_tight``,
    ``op_tight`` and ``old_tight``: exactly past + new. Random K/V.
 3. Times them interleaved (order rotated every round, after warm-up) at decode B=1/4/16 past 128, B=1/4 past
-   2048 and prefill B=1 S=128; medians and per-round ratios (each run over the builder's / concat's / the old
+   2048 and prefill B=1 S=128, in ``--replicas`` replicas: each loads fresh sessions of every graph in a rotated
+   order (by default as many replicas as graphs, so each graph is loaded first once), times ``--rounds``
+   rounds and drops them. Where a session's weights land in memory moves its whole step by a few per cent,
+   and the same graph loaded twice in one process has timed 3-7% apart (the first-loaded the slower) -- a bias
+   as large as the differences measured here, so no graph keeps one placement. Medians over every replica's
+   rounds and per-round ratios (each run over the builder's / concat's / the old
    graph's run of the same round). ``--old-concat``: a concatenating graph exported by an earlier version, timed
    as ``oldconcat`` beside ours (``concat / oldconcat``). Decode slope: ms per 1K tokens of context between past
    128 and 2048. A sensitivity row times ``static`` at past 128 with a 4096-slot buffer. Before timing, the
@@ -32,6 +37,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -168,8 +174,9 @@ BASES = ("builder", "concat", "old_tight")
 def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> list[dict[str, Any]]:
     """Every shape: every graph (static and builder with a buffer of past + new + ``headroom`` slots) and the
     ``*_tight`` runs, the static graphs' sessions with a buffer of exactly past + new slots (the last step of a
-    generation whose buffer the generator sized to prompt + new tokens)."""
-    rows = []
+    generation whose buffer the generator sized to prompt + new tokens). Per shape: its description and the
+    raw times (seconds) of every run name, round by round (``summarize`` makes the row)."""
+    out = []
     shapes = [(*s, s[3] + s[2] + headroom) for s in SHAPES]
     shapes.append(("decode B=1 past 128, 4096-slot buffer", 1, 1, 128, 4096))
     by_name = {g.name: g for g in graphs}
@@ -188,16 +195,29 @@ def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> lis
         for _ in range(warmup):
             for n in todo:
                 by_name[n.split("_")[0]].run(binds[n])
-        n_rounds = rounds if seq == 1 else max(8, rounds // 2)
+        n_rounds = rounds if seq == 1 else max(4, rounds // 2)
         for r in range(n_rounds):
             k = r % len(todo)
             for n in todo[k:] + todo[:k]:
                 times[n].append(by_name[n.split("_")[0]].run(binds[n]))
-        row: dict[str, Any] = {
-            "shape": label, "batch": batch, "seq": seq, "past": past, "buffer": length, "rounds": n_rounds,
-        }  # fmt: skip
-        for n in todo:
-            t = np.array(times[n]) * 1e3
+        meta = {"shape": label, "batch": batch, "seq": seq, "past": past, "buffer": length}
+        out.append({"meta": meta, "times": times})
+        print(f"{label:40s} " + "  ".join(f"{n} {np.median(times[n]) * 1e3:.2f}" for n in todo), flush=True)
+    return out
+
+
+def summarize(replicas: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per shape over every replica's rounds: medians and p90 per run name, and per-round ratios
+    (``mine_over_base``: the median of each round's ratio, with its interquartile range)."""
+    rows = []
+    for i, first in enumerate(replicas[0]):
+        times: dict[str, list[float]] = {n: [] for n in first["times"]}
+        for rep in replicas:
+            for n, t in rep[i]["times"].items():
+                times[n] += t
+        row: dict[str, Any] = {**first["meta"], "rounds": len(next(iter(times.values())))}
+        for n, t_s in times.items():
+            t = np.array(t_s) * 1e3
             row[n] = {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
         for mine, base in [(m, b) for m in MINE for b in BASES] + [("concat", "oldconcat")]:
             if base in times and mine in times and base != mine:
@@ -207,16 +227,14 @@ def measure(graphs: list[Graph], rounds: int, warmup: int, headroom: int) -> lis
         row["load"] = _load()
         rows.append(row)
         print(
-            f"{label:40s} "
-            + "  ".join(f"{n} {row[n]['median_ms']:.2f}" for n in todo)
-            + "".join(f"  {k} {v}" for k, v in row.items() if "_over_" in k and not k.endswith("_iqr"))
-            + f"  load {row['load'][0]}",
+            f"{row['shape']:40s} "
+            + "".join(f"  {k} {v}" for k, v in row.items() if "_over_" in k and not k.endswith("_iqr")),
             flush=True,
         )
     return rows
 
 
-def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> dict[str, Any]:
+def profile(paths: dict[str, Path], shape: tuple[int, int, int], headroom: int) -> dict[str, Any]:
     """ORT's profiler at one decode shape ``(batch, past, runs)``, sessions of their own on the shared pool; the
     static graphs with a tight buffer, the builder with ``headroom`` spare slots (it stops at the length). Per
     graph: the top op types (ms per run), the mean run, the sum of its kernels, and the nodes run per step
@@ -225,14 +243,14 @@ def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> 
 
     batch, past, runs = shape
     out = {}
-    for g in graphs:
+    for name, path in paths.items():
         so = ort.SessionOptions()
         so.use_per_session_threads = False
         so.log_severity_level = 3
         so.enable_profiling = True
-        so.profile_file_prefix = str(Path("/tmp") / f"static-cache-profile-{g.name}")
-        prof = Graph(g.name, g.path, so)
-        b = prof.bind(batch, 1, past, past + 1 + (0 if g.kind == "static" else headroom), np.random.default_rng(2))
+        so.profile_file_prefix = str(Path("/tmp") / f"static-cache-profile-{name}")
+        prof = Graph(name, path, so)
+        b = prof.bind(batch, 1, past, past + 1 + (0 if prof.kind == "static" else headroom), np.random.default_rng(2))
         for _ in range(runs):
             prof.run(b)
         trace = json.loads(Path(prof.session.end_profiling()).read_text())
@@ -245,7 +263,7 @@ def profile(graphs: list[Graph], shape: tuple[int, int, int], headroom: int) -> 
                 kernels += 1
         model_runs = [ev["dur"] for ev in trace if ev.get("name") == "model_run"]
         top = sorted(by_op.items(), key=lambda kv: -kv[1])[:6]
-        out[g.name] = {
+        out[name] = {
             "ops": {op: round(us / runs / 1e3, 2) for op, us in top},
             "run_ms": round(float(np.mean(model_runs)) / 1e3, 2),  # mean, like the kernels' sum
             "kernels_ms": round(sum(by_op.values()) / runs / 1e3, 2),
@@ -284,8 +302,9 @@ def markdown(r: dict[str, Any]) -> str:
         "# Static KV-cache graph vs concatenating graph vs onnxruntime-genai builder (ONNX Runtime CPU)",
         "",
         f"Model: {r['model']}, dense fp32. {r['threads']} intra-op threads, ONE shared pool, one process, "
-        f"interleaved (order rotated per round), `run_with_iobinding`, random K/V, {r['rounds']} rounds per "
-        f"decode shape (prefill: half), medians. Buffer (static and builder): past + new + {r['headroom']} slots.",
+        f"interleaved (order rotated per round), `run_with_iobinding`, random K/V; {r.get('replicas', 1)} "
+        f"replicas (fresh sessions, loaded in a rotated order) x {r['rounds']} rounds per decode shape (prefill: "
+        f"half), medians over all of them. Buffer (static and builder): past + new + {r['headroom']} slots.",
         f"Our onnxruntime {r['versions']['onnxruntime']}; the builder graph written by onnxruntime-genai "
         f"{r['versions']['builder_env']['onnxruntime_genai']} (its env: onnxruntime "
         f"{r['versions']['builder_env']['onnxruntime']}), `-p fp32 -e cpu`, {r['nodes']['builder']} nodes "
@@ -358,7 +377,10 @@ def main() -> None:
     ap.add_argument("--builder", type=Path, required=True, help="directory of the builder's model.onnx")
     ap.add_argument("--genai-venv", type=Path, default=Path("/work/venvs/genai"))
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "static-cache")
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=6, help="rounds per replica and decode shape (prefill: half)")
+    ap.add_argument(
+        "--replicas", type=int, default=0, help="fresh sessions, loaded in a rotated order (0: one per graph)"
+    )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--headroom", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -372,23 +394,37 @@ def main() -> None:
 
     from sleb_deploy.bench.ort_runner import session_options
 
-    paths = export_ours(args.work)
-    so = session_options(args.threads)
-    graphs = [Graph(name, path, so) for name, path in paths.items()]
+    paths = dict(export_ours(args.work))
     if args.old_static is not None:
-        graphs.append(Graph("old", args.old_static, so))
+        paths["old"] = args.old_static
     if args.old_concat is not None:
-        graphs.append(Graph("oldconcat", args.old_concat, so))
-    graphs.append(Graph("builder", args.builder / "model.onnx", so))
-    diffs = prefill_logits(graphs)
-    print("prefill logits vs concat", diffs, flush=True)
+        paths["oldconcat"] = args.old_concat
+    paths["builder"] = args.builder / "model.onnx"
+    so = session_options(args.threads)
+    names = list(paths)
     load_before = _load()
-    rows = measure(graphs, args.rounds, args.warmup, args.headroom)
+    replicas = []
+    args.replicas = args.replicas or len(names)  # every graph loaded first once, last once, ...
+    for rep in range(args.replicas):
+        # Sessions are created in a rotated order per replica, then dropped: where a session's weights land
+        # in memory moves its GEMMs by a few per cent (the same graph loaded twice in one process: the first
+        # session 3-7% slower than the second), so no graph keeps one placement, or one load position.
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        print(f"replica {rep + 1}/{args.replicas}: sessions loaded in the order {order}", flush=True)
+        graphs = [Graph(name, paths[name], so) for name in order]
+        if rep == 0:
+            diffs = prefill_logits(graphs)
+            print("prefill logits vs concat", diffs, flush=True)
+            nodes = {g.name: g.nodes for g in graphs}
+        replicas.append(measure(graphs, args.rounds, args.warmup, args.headroom))
+        del graphs
+        gc.collect()
+    rows = summarize(replicas)
     prof = [
         {
             "shape": f"decode B={b} past {past}, static buffers {past + 1} slots, "
             f"the builder's {past + 1 + args.headroom}",
-            "graphs": profile(graphs, (b, past, runs), args.headroom),
+            "graphs": profile(paths, (b, past, runs), args.headroom),
         }
         for b, past, runs in ((1, 128, 60), (4, 2048, 8))
     ]
@@ -396,12 +432,13 @@ def main() -> None:
         "model": "smollm2-135m (SmolLM2-135M-Instruct)",
         "threads": args.threads,
         "rounds": args.rounds,
+        "replicas": args.replicas,
         "headroom": args.headroom,
         "old_static": (args.old_label or str(args.old_static)) if args.old_static else None,
         "old_concat": (args.old_concat_label or str(args.old_concat)) if args.old_concat else None,
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
         "versions": {"onnxruntime": ort.__version__, "builder_env": genai_versions(args.genai_venv)},
-        "nodes": {g.name: g.nodes for g in graphs},
+        "nodes": {name: nodes[name] for name in names},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "load_before": load_before,
         "load_after": _load(),

@@ -10,7 +10,8 @@ binds the same buffer as input and output (ONNX Runtime then updates it in place
 and decode.
 
 Attention comes in two formulations (``contract.static_attention`` picks one from the buffer length; export.json
-records it as ``graph.attention``), both with the query pre-scaled so that every GEMM runs with alpha 1:
+records it as ``graph.attention``), both with the query pre-scaled so that every GEMM runs with alpha 1 (the
+scale folded into the query's rotary tables, ``decoder_module.RopeTables``):
 
 - ``op``: the opset-24 ``Attention`` op (``scale`` 1, a boolean mask, ``nonpad_kv_seqlen``), what TensorRT
   fuses with its KV-cache update layer (fixed ``max_cache_len``).

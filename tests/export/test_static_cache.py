@@ -106,6 +106,33 @@ def test_matmul_form_runs_matrix_vector_gemms(exports: ExportCache, tmp_path: Pa
     assert not [n for n in nodes if n.op_type in ("Expand", "Tile")]
 
 
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_attention_scale_folded_into_query_rotary(exports: ExportCache, family: str) -> None:
+    """Every graph whose attention runs at scale 1 gets its query pre-scaled: with a rotary over the whole head
+    (llama) through the query's own tables (cos/sin times the scale, ``decoder_module.RopeTables``), no ``Mul``
+    after its ``RotaryEmbedding``; with a partial rotary (Phi-3) the tables are shared and a ``Mul`` scales the
+    rotated query. The ``Attention`` op (concatenating graph, static ``op`` form) then has ``scale`` 1. The
+    numerics are the families' HF comparisons above and in test_onnx_export.py."""
+    import onnx
+
+    for options in ({}, {"kv_cache": "static"}, {"kv_cache": "static", "static_attention": contract.ATTENTION_OP}):
+        _, path, _ = exports.get(family, **options)
+        nodes = onnx.load(str(path)).graph.node
+        ropes = [n for n in nodes if n.op_type == "RotaryEmbedding"]
+        assert len(ropes) == 6, options  # q and k of 3 layers
+        mul_inputs = {i for n in nodes if n.op_type == "Mul" for i in n.input}
+        scaled_after = [r for r in ropes if r.output[0] in mul_inputs]
+        tables = {tuple(r.input[1:3]) for r in ropes}
+        if family == "llama":
+            assert len(tables) == 2 and not scaled_after, options
+        else:
+            assert len(tables) == 1 and len(scaled_after) == 3, options
+        for n in nodes:
+            if n.op_type == "Attention":
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+                assert attrs["scale"] == 1.0, (options, attrs)
+
+
 @pytest.mark.parametrize("family", ["opt", "phi3", "gemma2", "gemma3_text"])
 def test_attention_op_form_matches(exports: ExportCache, family: str) -> None:
     """The ``op`` form (what a fixed ``--max-cache-len`` gets): the same numerics, and the same tokens as the

@@ -34,6 +34,7 @@ identity: what everything else in our block costs.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -220,6 +221,13 @@ def check_structure(graphs: dict[str, Path]) -> dict[str, dict[str, int]]:
     return out
 
 
+@functools.cache
+def _model_bytes(form: str, layers: int, max_positions: int) -> tuple[bytes, int]:
+    """The serialized chain and its node count, built once per form (every replica loads it afresh)."""
+    model = build(form, layers, max_positions)
+    return model.SerializeToString(), len(model.graph.node)
+
+
 class Chain:
     """One form's session and the I/O binding of one shape."""
 
@@ -227,9 +235,8 @@ class Chain:
         import onnxruntime as ort
 
         self.ort, self.form, self.layers = ort, form, layers
-        model = build(form, layers, max_positions)
-        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        self.nodes = len(model.graph.node)
+        model, self.nodes = _model_bytes(form, layers, max_positions)
+        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
     def bind(self, batch: int, past: int, x: np.ndarray, caches: list[np.ndarray]) -> tuple[Any, list[Any]]:
         """Decode one token at ``past`` for every row; ``caches``: 2 x layers arrays [B, KV, past + 1, D]
@@ -402,13 +409,12 @@ def main() -> None:
     if args.lone:  # one global pool per process, hence one child per thread count
         print(json.dumps(lone_nodes(LONE_SLOTS, args.lone)))
         return
-    lone: list[dict[str, Any]] = [{} for _ in LONE_SLOTS]
-    for threads in (1, 2):
-        child = [sys.executable, __file__, "--lone", str(threads)]
-        rows = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
-        for merged, row in zip(lone, rows, strict=True):
-            merged |= row
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    try:
+        shapes = [tuple(int(v) for v in s.split("x", 1)) for s in args.shapes.split(",")] if args.shapes else SHAPES
+        if any(len(t) != 2 or min(t) < 1 for t in shapes):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--shapes {args.shapes!r}: give BATCHxPAST pairs, e.g. 1x128,4x2048")
 
     import onnxruntime as ort
 
@@ -417,13 +423,23 @@ def main() -> None:
     structure = None
     if args.export_dir:
         sub = {"op": "static-op", "matmul": "static-matmul"}  # static_cache_bench.py's directories
-        structure = check_structure({f: args.export_dir / d / "model.onnx" for f, d in sub.items()})
+        graphs = {f: args.export_dir / d / "model.onnx" for f, d in sub.items()}
+        if missing := [str(g) for g in graphs.values() if not g.is_file()]:
+            ap.error(f"--export-dir: no {', '.join(missing)}; run static_cache_bench.py --work {args.export_dir} first")
+        structure = check_structure(graphs)
+    lone: list[dict[str, Any]] = [{} for _ in LONE_SLOTS]
+    for threads in (1, 2):
+        child = [sys.executable, __file__, "--lone", str(threads)]
+        rows = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
+        for merged, row in zip(lone, rows, strict=True):
+            merged |= row
     so = session_options(args.threads)
     max_positions = max(p for _, p in shapes) + 1
     forms = list(FORMS)
     args.replicas = args.replicas or 2 * len(forms)
     times: dict[tuple[int, int], dict[str, list[float]]] = {s: {f: [] for f in forms} for s in shapes}
     load_before = [round(v, 2) for v in os.getloadavg()]
+    states = {(b, p): random_state(b, p, args.layers, seed=1) for b, p in shapes}  # the same inputs every replica
     for rep in range(args.replicas):
         order = forms[rep % len(forms) :] + forms[: rep % len(forms)]
         chains = {f: Chain(f, args.layers, so, max_positions) for f in order}
@@ -432,10 +448,9 @@ def main() -> None:
             nodes = {f: c.nodes for f, c in chains.items()}
             print("max relative diff vs gqa:", agreement, flush=True)
         for batch, past in shapes:
-            x, caches = random_state(batch, past, args.layers, seed=1)
+            x, caches = states[(batch, past)]
             bound = {f: chains[f].bind(batch, past, x, caches) for f in forms}  # (binding, its buffers)
             binds = {f: b for f, (b, _) in bound.items()}
-            del caches
             for _ in range(args.warmup):
                 for f in forms:
                     chains[f].run(binds[f])
